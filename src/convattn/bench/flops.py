@@ -1,0 +1,54 @@
+"""MAC counting that matches the papers' convention.
+
+MACs = ``FlopCounterMode`` total / 2. Two pitfalls are handled here (see the GLMix spec, section
+4.2): on CPU, FlopCounterMode has no formula for the flash-attention SDPA kernel and silently drops
+the QK^T / AV products, so counting runs under the SDPA *math* backend; and element-wise
+multiply-and-sum attention is invisible to it, which is why our operators express attention
+products with ``matmul``/``einsum``/SDPA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_macs", "count_params"]
+
+
+def count_params(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those requiring grad)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def count_macs(
+    module: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+) -> int:
+    """Multiply-accumulates of one forward pass, attention products included.
+
+    Give either ``input_shape`` (a random float tensor of that shape is used, on the module's device
+    and dtype) or ``inputs``. The module is run in eval mode and restored afterwards.
+    """
+    if (input_shape is None) == (inputs is None):
+        raise ValueError("count_macs: give exactly one of 'input_shape' or 'inputs'")
+    if inputs is None:
+        ref = next(iter(module.parameters()), None)
+        device = ref.device if ref is not None else torch.device("cpu")
+        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+        inputs = torch.randn(*input_shape, device=device, dtype=dtype)
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    was_training = module.training
+    module.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with sdpa_kernel([SDPBackend.MATH]), counter:
+            module(*args)
+    finally:
+        module.train(was_training)
+    return counter.get_total_flops() // 2

@@ -1,0 +1,1 @@
+"""convattn.deploy"""

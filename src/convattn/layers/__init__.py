@@ -1,0 +1,15 @@
+"""Operators and small building blocks (NCHW)."""
+
+from .conv_bn import ConvBN, bn_scale_shift, fuse_conv_bn, fuse_conv_bn_module
+from .drop import DropPath, drop_path
+from .norm import LayerNorm2d
+
+__all__ = [
+    "ConvBN",
+    "DropPath",
+    "LayerNorm2d",
+    "bn_scale_shift",
+    "drop_path",
+    "fuse_conv_bn",
+    "fuse_conv_bn_module",
+]

@@ -1,0 +1,121 @@
+"""create_model / registry / checkpoint loading, exercised on the cheap nano ResNet."""
+
+import logging
+
+import pytest
+import torch
+
+import convattn
+from convattn.models import FeatureListNet, adapt_input_conv, read_state_dict
+
+
+def test_list_models_and_unknown_name():
+    names = convattn.list_models()
+    assert "resnet50" in names and names == sorted(names)
+    assert convattn.list_models("resnet5*") == ["resnet50"]
+    assert set(convattn.list_models(["resnet26", "resnet34"])) == {"resnet26", "resnet34"}
+    with pytest.raises(ValueError, match="Unknown model 'resnet51'"):
+        convattn.create_model("resnet51")
+
+
+def test_none_arguments_do_not_override_defaults():
+    m = convattn.create_model("resnet_nano", num_classes=None, in_chans=None, drop_path_rate=None)
+    assert m.num_classes == 1000 and m.in_chans == 3
+    assert m.pretrained_cfg["architecture"] == "resnet_nano"
+    assert m.pretrained_cfg["input_size"] == (3, 32, 32)
+
+
+def test_api_surface():
+    m = convattn.create_model("resnet_nano", num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32)
+    feats = m.forward_features(x)
+    assert feats.shape == (2, 128, 4, 4)
+    assert m.forward_head(feats, pre_logits=True).shape == (2, 128)
+    assert m(x).shape == (2, 7)
+    assert m.get_classifier().out_features == 7
+    m.reset_classifier(3)
+    assert m(x).shape == (2, 3)
+    m.reset_classifier(0)
+    assert m(x).shape == (2, 128)
+    assert [f["num_chs"] for f in m.feature_info] == [16, 32, 64, 128]
+    assert [f["reduction"] for f in m.feature_info] == [1, 2, 4, 8]
+
+
+def test_features_only_and_out_indices():
+    m = convattn.create_model("resnet50", features_only=True, out_indices=(1, 3)).eval()
+    assert isinstance(m, FeatureListNet)
+    with torch.no_grad():
+        outs = m(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [512, 2048] == m.feature_info.channels()
+    assert m.feature_info.reduction() == [8, 32]
+    assert [o.shape[-1] for o in outs] == [8, 2]
+    with pytest.raises(ValueError, match="out_indices"):
+        convattn.create_model("resnet_nano", features_only=True, out_indices=(4,))
+    with pytest.raises(ValueError, match="features_only"):
+        convattn.create_model("resnet_nano", out_indices=(1,))
+
+
+def test_bad_input_names_argument():
+    m = convattn.create_model("resnet_nano")
+    with pytest.raises(ValueError, match="3 channels"):
+        m(torch.randn(1, 4, 32, 32))
+    with pytest.raises(TypeError, match="floating"):
+        m(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("wrapper", ["plain", "model", "state_dict", "ddp", "safetensors"])
+def test_checkpoint_layouts_load(tmp_path, wrapper):
+    src = convattn.create_model("resnet_nano").eval()
+    sd = src.state_dict()
+    path = tmp_path / "ckpt.pth"
+    if wrapper == "plain":
+        torch.save(sd, path)
+    elif wrapper == "model":
+        torch.save({"model": sd, "epoch": 3, "optimizer": {}}, path)
+    elif wrapper == "state_dict":
+        torch.save({"state_dict": sd}, path)
+    elif wrapper == "ddp":
+        torch.save({"model": {f"module.{k}": v for k, v in sd.items()}}, path)
+    else:
+        from safetensors.torch import save_file
+
+        path = tmp_path / "ckpt.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    dst = convattn.create_model("resnet_nano", checkpoint_path=path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(dst(x), src(x))
+
+
+def test_checkpoint_new_num_classes_and_in_chans(tmp_path, caplog):
+    src = convattn.create_model("resnet_nano").eval()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": src.state_dict()}, path)
+    with caplog.at_level(logging.WARNING, logger="convattn"):
+        dst = convattn.create_model("resnet_nano", checkpoint_path=path, num_classes=5, in_chans=1)
+    assert "re-initialised" in caplog.text and "Adapted stem" in caplog.text
+    assert dst.fc.out_features == 5
+    torch.testing.assert_close(dst.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(dst.layer4[0].conv2.weight, src.layer4[0].conv2.weight)
+    feats = convattn.create_model("resnet_nano", checkpoint_path=path, features_only=True)
+    assert len(feats(torch.randn(1, 3, 32, 32))) == 4
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint_path"):
+        convattn.create_model("resnet_nano", checkpoint_path=tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_state_dict(bad)
+    other = tmp_path / "other.pth"
+    torch.save({"model": convattn.create_model("resnet26").state_dict()}, other)
+    with pytest.raises(RuntimeError, match="missing keys"):
+        convattn.create_model("resnet_nano", checkpoint_path=other)
+
+
+def test_adapt_input_conv_keeps_scale():
+    w = torch.randn(4, 3, 3, 3)
+    torch.testing.assert_close(adapt_input_conv(1, w), w.sum(1, keepdim=True))
+    assert adapt_input_conv(5, w).shape == (4, 5, 3, 3)
+    # With a multiple of 3 channels a constant input gives the same response as before.
+    torch.testing.assert_close(adapt_input_conv(6, w).sum(1), w.sum(1))

@@ -119,3 +119,36 @@ def test_adapt_input_conv_keeps_scale():
     assert adapt_input_conv(5, w).shape == (4, 5, 3, 3)
     # With a multiple of 3 channels a constant input gives the same response as before.
     torch.testing.assert_close(adapt_input_conv(6, w).sum(1), w.sum(1))
+
+
+def test_save_model_round_trip_with_metadata(tmp_path):
+    from convattn.models import read_model_info, save_model
+
+    src = convattn.create_model("resnet_nano", num_classes=4).eval()
+    path = save_model(src, tmp_path / "nano.safetensors", num_classes=4)
+    info = read_model_info(path)
+    assert info["model"] == "resnet_nano" and info["config"] == {"num_classes": 4}
+    dst = convattn.create_model(info["model"], checkpoint_path=path, **info["config"]).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(dst(x), src(x))
+    with pytest.raises(ValueError, match="safetensors"):
+        save_model(src, tmp_path / "nano.pth")
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    from convattn.models import _serialization, save_model
+
+    model = convattn.create_model("resnet_nano")
+    path = save_model(model, tmp_path / "last.safetensors")
+    before = path.read_bytes()
+
+    def exploding_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", exploding_save)
+    with pytest.raises(OSError, match="disk full"):
+        _serialization.save_model(model, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]

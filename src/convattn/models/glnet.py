@@ -1,0 +1,603 @@
+"""GLNet: backbones built from GLMix blocks (convolution on the pixel grid, attention on slots).
+
+Zhu, Wang, Zhang, Lau, "Revisiting the Integration of Convolution and Attention for Vision
+Backbone", NeurIPS 2024, arXiv 2411.14429; official code ``rayleizhu/GLMix`` (``models/glnet.py``).
+Architecture and key layout follow ``shared/specs/glmix.md`` sections 1-3 and the section-8
+checklist; module and parameter names equal the official ones, so the released checkpoints
+(``{"model": sd}``, ``{"model_ema": sd}`` for glnet_16g) load without any remapping.
+
+Macro-architecture: ``downsample_layers[i]`` then ``stages[i]`` for i = 0..3, BatchNorm2d, global
+average pooling, Linear head. Heads = width / 32 everywhere. Stage kinds (``mixing_modes``, the
+official strings):
+
+* ``"glmix"``: :class:`~convattn.layers.glmix.GLMixBlock` only;
+* ``"glmix.mha_nchw"``: hybrid, GLMix on even block indices, :class:`MHSANCHWBlock` on odd ones
+  (stage 3 of the 4G family);
+* ``"mha_nchw"``: full global MHSA in the NCHW block with CPE and conv MLP (4G-family stage 4);
+* ``"mha"``: full global MHSA in the token-layout block :class:`MHSABlock` (STL stage 4).
+
+Two downsampling styles: ``"overlapped"`` (4G family: a conv3x3/2-BN-GELU-conv3x3/2-BN stem and
+conv3x3/2 -> BN transitions) and ``"non_overlapped"`` (STL: a 4x4/4 patch conv -> BN stem and
+BN -> conv2x2/2 transitions). The model has no absolute position embedding, so any input size that
+survives the downsampling works: every size >= 1 for ``"overlapped"`` (each stride-2 conv maps H to
+ceil(H / 2)), and H, W >= 32 for ``"non_overlapped"`` (each patch conv floors).
+
+Deliberate differences from the official code: attention runs through
+:class:`~convattn.layers.attention.MultiheadSelfAttention` (SDPA, O(N) memory on CPU, same keys as
+``nn.MultiheadAttention``); the official eval-mode cast of the normed tokens back to the residual's
+dtype (an AMP workaround) is not needed because our norms keep the input dtype; ``reset_classifier``
+uses the last width (the official one passes the width list); token-labeling variants (``*_tklb``,
+with an auxiliary token head) are not provided.
+
+The file ends with the configuration table and the registered constructors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+from ..layers import DropPath, LayerNorm2d, MultiheadSelfAttention
+from ..layers._checks import check_choice, check_feature_map, check_positive_int
+from ..layers.glmix import GLMixBlock, _ResidualDepthwiseConv
+from ._features import resolve_out_indices
+from ._helpers import make_cfg, stochastic_depth_rates
+from ._registry import register_model
+
+__all__ = ["GLNet", "GLNetStage", "LayerScale", "MHSABlock", "MHSANCHWBlock", "conv_mlp"]
+
+MIXING_MODES = ("glmix", "glmix.mha_nchw", "mha_nchw", "mha")
+DOWNSAMPLE_STYLES = ("overlapped", "non_overlapped")
+
+
+def conv_mlp(dim: int, hidden: int, mlp_dw: bool) -> nn.Sequential:
+    """The GLNet conv MLP: 1x1 -> [h + DW3x3(h)] -> GELU -> 1x1 (keys ``0``, ``1``, ``3``).
+
+    Identical to the MLP inside :class:`~convattn.layers.glmix.GLMixBlock`; index 1 is an identity
+    placeholder when ``mlp_dw`` is False, as in the official code.
+    """
+    return nn.Sequential(
+        nn.Conv2d(dim, hidden, 1),
+        _ResidualDepthwiseConv(hidden, 3) if mlp_dw else nn.Identity(),
+        nn.GELU(),
+        nn.Conv2d(hidden, dim, 1),
+    )
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale ``gamma``, shaped (C,) for tokens or (1, C, 1, 1) for NCHW.
+
+    Args:
+        dim: channels C.
+        init_value: initial value of every entry.
+        channels_last: True for (B, N, C) tokens, False for NCHW maps (the official key shapes).
+    """
+
+    def __init__(self, dim: int, init_value: float, channels_last: bool) -> None:
+        super().__init__()
+        shape = (dim,) if channels_last else (1, dim, 1, 1)
+        self.gamma = nn.Parameter(torch.full(shape, float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def _layerscale(dim: int, init_value: float | None, channels_last: bool) -> nn.Module:
+    return nn.Identity() if init_value is None else LayerScale(dim, init_value, channels_last)
+
+
+class MHSANCHWBlock(nn.Module):
+    """Full global MHSA block on NCHW maps (official ``MHSA_NCHW_Block``).
+
+    ``x <- x + DWConv(x)`` (CPE, optional); tokens ``t <- t + DropPath(LS1(MHSA(LN(t))))`` with
+    ``nn.LayerNorm`` (eps 1e-6) over the H*W tokens; back to NCHW;
+    ``x <- x + DropPath(LS2(MLP(LayerNorm2d(x))))`` with the GLMix conv MLP.
+
+    Args:
+        dim: width C.
+        num_heads: attention heads (official: C / 32).
+        mlp_ratio: MLP hidden width ``int(mlp_ratio * dim)``.
+        mlp_dw: residual depthwise 3x3 on the MLP hidden map.
+        cpe_kernel: kernel of the conv position embedding, 0 = none.
+        layerscale: initial LayerScale value, None = none (LS1 is (C,), LS2 is (1, C, 1, 1)).
+        drop_path: stochastic-depth rate of both residual branches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        mlp_dw: bool = False,
+        cpe_kernel: int = 0,
+        layerscale: float | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.pos_conv = (
+            nn.Conv2d(dim, dim, cpe_kernel, padding=cpe_kernel // 2, groups=dim)
+            if cpe_kernel
+            else None
+        )
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.mha_op = MultiheadSelfAttention(dim, num_heads)
+        self.norm2 = LayerNorm2d(dim)
+        self.mlp = conv_mlp(dim, int(mlp_ratio * dim), mlp_dw)
+        self.ls1 = _layerscale(dim, layerscale, channels_last=True)
+        self.ls2 = _layerscale(dim, layerscale, channels_last=False)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        if self.pos_conv is not None:
+            x = x + self.pos_conv(x)
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        tokens = tokens + self.drop_path(self.ls1(self.mha_op(self.norm1(tokens))))
+        x = tokens.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+class MHSABlock(nn.Module):
+    """Full global MHSA block on tokens (official ``MHSA_Block``, GLNet-STL stage 4).
+
+    ``t <- t + DropPath(LS1(MHSA(LN(t))))``; ``t <- t + DropPath(LS2(MLP(LN(t))))`` with
+    MLP = Linear -> GELU -> Linear (keys ``mlp.0`` / ``mlp.2``) and ``nn.LayerNorm`` (eps 1e-6).
+
+    Args:
+        dim: width C.
+        num_heads: attention heads (official: C / 32).
+        mlp_ratio: MLP hidden width ``int(mlp_ratio * dim)``.
+        layerscale: initial LayerScale value, None = none.
+        drop_path: stochastic-depth rate of both residual branches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        layerscale: float | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = int(mlp_ratio * dim)
+        self.dim = dim
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.mha_op = MultiheadSelfAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.ls1 = _layerscale(dim, layerscale, channels_last=True)
+        self.ls2 = _layerscale(dim, layerscale, channels_last=True)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        tokens = tokens + self.drop_path(self.ls1(self.mha_op(self.norm1(tokens))))
+        return tokens + self.drop_path(self.ls2(self.mlp(self.norm2(tokens))))
+
+
+class GLNetStage(nn.Module):
+    """A stage of blocks at one resolution; NCHW in and out.
+
+    Args:
+        dim: width C.
+        depth: number of blocks.
+        mixing_mode: one of ``"glmix"``, ``"glmix.mha_nchw"`` (GLMix on even indices, NCHW MHSA on
+            odd ones), ``"mha_nchw"``, ``"mha"`` (token-layout MHSA blocks).
+        num_heads: heads of every attention (slot MHSA and full MHSA).
+        drop_path: per-block stochastic-depth rates (length ``depth``).
+        mlp_ratio, mlp_dw, cpe_kernel, layerscale: block options (see the block classes).
+        num_slots, slot_init, local_kernel: GLMix options (see ``GLMixBlock``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        mixing_mode: str,
+        num_heads: int,
+        drop_path: Sequence[float],
+        mlp_ratio: float = 4.0,
+        mlp_dw: bool = False,
+        cpe_kernel: int = 0,
+        layerscale: float | None = None,
+        num_slots: int = 64,
+        slot_init: str = "ada_avgpool",
+        local_kernel: int = 5,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mixing_mode = mixing_mode
+        self.token_layout = mixing_mode == "mha"
+        blocks: list[nn.Module] = []
+        for i in range(depth):
+            if mixing_mode == "glmix" or (mixing_mode == "glmix.mha_nchw" and i % 2 == 0):
+                block: nn.Module = GLMixBlock(
+                    dim,
+                    num_heads=num_heads,
+                    num_slots=num_slots,
+                    slot_init=slot_init,
+                    local_kernel=local_kernel,
+                    mlp_ratio=mlp_ratio,
+                    mlp_dw=mlp_dw,
+                    cpe_kernel=cpe_kernel,
+                    layerscale=layerscale,
+                    drop_path=drop_path[i],
+                )
+            elif mixing_mode == "mha":
+                block = MHSABlock(dim, num_heads, mlp_ratio, layerscale, drop_path[i])
+            else:
+                block = MHSANCHWBlock(
+                    dim, num_heads, mlp_ratio, mlp_dw, cpe_kernel, layerscale, drop_path[i]
+                )
+            blocks.append(block)
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        if not self.token_layout:
+            for block in self.blocks:
+                x = block(x)
+            return x
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, depth={len(self.blocks)}, mixing_mode={self.mixing_mode!r}"
+
+
+def _overlapped_stem(in_chans: int, width: int, stride: int) -> nn.Sequential:
+    # Index 0 is the official placeholder for an (unused) input LayerNorm; 3 is the GELU. A stem
+    # stride of 2 (nano models) makes the first conv stride 1.
+    return nn.Sequential(
+        nn.Identity(),
+        nn.Conv2d(in_chans, width // 2, 3, stride=stride // 2, padding=1),
+        nn.BatchNorm2d(width // 2),
+        nn.GELU(),
+        nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
+        nn.BatchNorm2d(width),
+    )
+
+
+def _downsample_layers(
+    style: str, in_chans: int, widths: Sequence[int], stem_stride: int
+) -> nn.ModuleList:
+    if style == "overlapped":  # conv 3x3/2 -> BN ("proj.norm")
+        layers = [_overlapped_stem(in_chans, widths[0], stem_stride)]
+        layers += [
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out))
+            for c_in, c_out in pairwise(widths)
+        ]
+    else:  # patch conv -> BN stem; BN -> conv 2x2/2 transitions ("norm.proj")
+        layers = [
+            nn.Sequential(
+                nn.Conv2d(in_chans, widths[0], stem_stride, stride=stem_stride),
+                nn.BatchNorm2d(widths[0]),
+            )
+        ]
+        layers += [
+            nn.Sequential(nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 2, stride=2))
+            for c_in, c_out in pairwise(widths)
+        ]
+    return nn.ModuleList(layers)
+
+
+class GLNet(nn.Module):
+    """GLNet backbone: four stages of GLMix / full-MHSA blocks, BatchNorm2d, pooling, Linear head.
+
+    Args:
+        depths: blocks per stage.
+        widths: channels per stage.
+        mixing_modes: stage kinds (see the module docstring), one per stage.
+        mlp_ratio: MLP expansion of every block (STL: 4, 4G family: 3).
+        head_dim: channels per attention head (heads = width / head_dim).
+        num_slots: GLMix slots (a perfect square for ``slot_init="ada_avgpool"``).
+        slot_init: ``"ada_avgpool"`` or ``"param"`` (learned slots, ``glnet_stl_paramslot``).
+        local_kernel: depthwise kernel of the GLMix local branch.
+        cpe_kernel: conv position embedding kernel in every NCHW block, 0 = none.
+        mlp_dw: residual depthwise 3x3 inside every conv MLP.
+        layerscale: initial LayerScale value, None = none (glnet_16g: 1e-4).
+        downsample_style: ``"overlapped"`` (4G family) or ``"non_overlapped"`` (STL).
+        stem_stride: total stride of the stem, 4 (official) or 2 (nano models for 32x32 inputs).
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
+        in_chans: input channels.
+        drop_path_rate: stochastic depth of the last block (linear schedule over all blocks).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        widths: Sequence[int] = (96, 192, 384, 768),
+        mixing_modes: Sequence[str] = ("glmix", "glmix", "glmix", "mha"),
+        mlp_ratio: float = 4.0,
+        head_dim: int = 32,
+        num_slots: int = 64,
+        slot_init: str = "ada_avgpool",
+        local_kernel: int = 5,
+        cpe_kernel: int = 0,
+        mlp_dw: bool = False,
+        layerscale: float | None = None,
+        downsample_style: str = "non_overlapped",
+        stem_stride: int = 4,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        depths, widths, mixing_modes = list(depths), list(widths), list(mixing_modes)
+        if not len(depths) == len(widths) == len(mixing_modes) == 4:
+            raise ValueError(
+                f"{owner}: 'depths', 'widths' and 'mixing_modes' must each have 4 entries, got "
+                f"{len(depths)}, {len(widths)} and {len(mixing_modes)}"
+            )
+        for d in depths:
+            check_positive_int(d, "depths", owner)
+        check_positive_int(head_dim, "head_dim", owner)
+        for w in widths:
+            check_positive_int(w, "widths", owner)
+            if w % head_dim:
+                raise ValueError(
+                    f"{owner}: 'widths' must be multiples of 'head_dim' ({head_dim}), got {widths}"
+                )
+        for mode in mixing_modes:
+            check_choice(mode, "mixing_modes", MIXING_MODES, owner)
+        check_choice(downsample_style, "downsample_style", DOWNSAMPLE_STYLES, owner)
+        check_choice(stem_stride, "stem_stride", (2, 4), owner)  # type: ignore[arg-type]
+        if downsample_style == "overlapped" and widths[0] % 2:
+            raise ValueError(f"{owner}: 'widths'[0] must be even for the overlapped stem")
+        check_positive_int(in_chans, "in_chans", owner)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"{owner}: 'num_classes' must be an int >= 0, got {num_classes!r}")
+        if not (isinstance(mlp_ratio, (int, float)) and int(mlp_ratio * min(widths)) >= 1):
+            raise ValueError(
+                f"{owner}: 'mlp_ratio' must give >= 1 hidden channel, got {mlp_ratio!r}"
+            )
+        if cpe_kernel != 0 and not (
+            isinstance(cpe_kernel, int) and cpe_kernel > 0 and cpe_kernel % 2
+        ):
+            raise ValueError(
+                f"{owner}: 'cpe_kernel' must be 0 or odd and positive, got {cpe_kernel!r}"
+            )
+        if layerscale is not None and not layerscale > 0:
+            raise ValueError(f"{owner}: 'layerscale' must be None or > 0, got {layerscale!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"{owner}: 'drop_path_rate' must be in [0, 1), got {drop_path_rate}")
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_stages = 4
+        self.num_features = widths[-1]
+        # Smallest input that survives the downsampling (patch convs floor, overlapped convs ceil).
+        self.min_input_size = stem_stride * 8 if downsample_style == "non_overlapped" else 1
+
+        self.downsample_layers = _downsample_layers(downsample_style, in_chans, widths, stem_stride)
+        rates = stochastic_depth_rates(drop_path_rate, depths)
+        self.stages = nn.ModuleList(
+            GLNetStage(
+                widths[i],
+                depths[i],
+                mixing_modes[i],
+                widths[i] // head_dim,
+                rates[i],
+                mlp_ratio=mlp_ratio,
+                mlp_dw=mlp_dw,
+                cpe_kernel=cpe_kernel,
+                layerscale=layerscale,
+                num_slots=num_slots,
+                slot_init=slot_init,
+                local_kernel=local_kernel,
+            )
+            for i in range(4)
+        )
+        self.feature_info = [
+            dict(num_chs=widths[i], reduction=stem_stride * 2**i, module=f"stages.{i}")
+            for i in range(4)
+        ]
+        self.norm = nn.BatchNorm2d(widths[-1])
+        self.head: nn.Module = (
+            nn.Linear(widths[-1], num_classes) if num_classes > 0 else nn.Identity()
+        )
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # The official scheme: Linear layers (attention output projections included) trunc-normal
+        # 0.02 with zero bias; convs and the packed Q/K/V projections keep their default init.
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # --- timm-style API ---------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        size = (self.min_input_size, self.min_input_size)
+        check_feature_map(x, self.in_chans, type(self).__name__, min_size=size)
+        # GLMix blocks compute in channels-last memory; keeping the whole network in it avoids two
+        # layout copies per block (~5 % faster on CPU). Shapes and values are unchanged.
+        return self.downsample_layers[0](x).contiguous(memory_format=torch.channels_last)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: Sequence[int] | int | None = None
+    ) -> list[torch.Tensor]:
+        """Outputs of the selected stages (NCHW), stopping after the last one needed."""
+        wanted = resolve_out_indices(indices, self.num_stages)
+        x = self.forward_stem(x)
+        out = []
+        for i in range(max(wanted) + 1):
+            if i > 0:
+                x = self.downsample_layers[i](x)
+            x = self.stages[i](x)
+            if i in wanted:
+                out.append(x)
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final NCHW map after the pre-head BatchNorm (as the official ``forward_features``)."""
+        x = self.forward_stem(x)
+        for i in range(self.num_stages):
+            if i > 0:
+                x = self.downsample_layers[i](x)
+            x = self.stages[i](x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """Official GLNet checkpoints use our names and shapes (all buffers included): pass through."""
+    return state_dict
+
+
+# --- configurations ------------------------------------------------------------------------------
+_PAPER = (
+    "Zhu et al., Revisiting the Integration of Convolution and Attention for Vision Backbone, "
+    "NeurIPS 2024"
+)
+_RELEASE = "{}.pth (rayleizhu/GLMix README model card, OneDrive; manual download)"
+_4G_CFG = dict(first_conv="downsample_layers.0.1", classifier="head", paper=_PAPER)
+_STL_CFG = dict(first_conv="downsample_layers.0.0", classifier="head", paper=_PAPER)
+
+default_cfgs = {
+    "glnet_4g": make_cfg(
+        **_4G_CFG,
+        paper_top1=83.7,
+        paper_params_m=27.0,
+        paper_gmacs=4.5,
+        official_checkpoint=_RELEASE.format("glnet_4g"),
+    ),
+    "glnet_9g": make_cfg(
+        **_4G_CFG,
+        paper_top1=84.5,
+        paper_params_m=60.0,
+        paper_gmacs=9.7,
+        official_checkpoint=_RELEASE.format("glnet_9g"),
+    ),
+    "glnet_16g": make_cfg(
+        **_4G_CFG,
+        paper_top1=85.0,
+        paper_params_m=106.0,
+        paper_gmacs=16.7,
+        official_checkpoint=_RELEASE.format("glnet_16g") + ", EMA weights under 'model_ema'",
+    ),
+    "glnet_stl": make_cfg(
+        **_STL_CFG,
+        paper_top1=82.5,
+        paper_params_m=30.0,
+        paper_gmacs=4.4,
+        official_checkpoint=_RELEASE.format("glnet_stl"),
+    ),
+    "glnet_stl_paramslot": make_cfg(
+        **_STL_CFG,
+        paper_top1=82.1,
+        paper_params_m=30.0,
+        paper_gmacs=4.4,
+        official_checkpoint=_RELEASE.format("glnet_stl_paramslot"),
+    ),
+    "glnet_nano": make_cfg(
+        **_4G_CFG,
+        input_size=(3, 32, 32),
+        pool_size=(2, 2),
+        crop_pct=1.0,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    ),
+}
+
+# The 4G family: overlapped downsampling, CPE and MLP depthwise conv in every block, stage 3
+# alternating GLMix / full MHSA, stage 4 full MHSA (NCHW blocks), MLP ratio 3.
+_4G_FAMILY = dict(
+    depths=(4, 4, 18, 4),
+    mixing_modes=("glmix", "glmix", "glmix.mha_nchw", "mha_nchw"),
+    mlp_ratio=3.0,
+    cpe_kernel=3,
+    mlp_dw=True,
+    downsample_style="overlapped",
+)
+# Swin-Tiny layout: non-overlapped downsampling, no CPE, stage 4 token-layout MHSA, MLP ratio 4.
+_STL = dict(
+    depths=(2, 2, 6, 2),
+    widths=(96, 192, 384, 768),
+    mixing_modes=("glmix", "glmix", "glmix", "mha"),
+    mlp_ratio=4.0,
+    downsample_style="non_overlapped",
+)
+# Nano: the 4G-family design scaled down for 32x32 inputs (stem stride 2: stage maps 16/8/4/2).
+_NANO = dict(
+    _4G_FAMILY,
+    depths=(1, 1, 2, 1),
+    widths=(32, 64, 96, 128),
+    num_slots=16,
+    stem_stride=2,
+)
+
+
+def _glnet(**kwargs) -> GLNet:
+    kwargs.pop("pretrained", None)
+    return GLNet(**kwargs)
+
+
+@register_model
+def glnet_4g(**kwargs) -> GLNet:
+    """GLNet-4G: [4,4,18,4] x 64-128-256-512, 27,001,593 params, 4.48 GMACs."""
+    return _glnet(**dict(_4G_FAMILY, widths=(64, 128, 256, 512)) | kwargs)
+
+
+@register_model
+def glnet_9g(**kwargs) -> GLNet:
+    """GLNet-9G: [4,4,18,4] x 96-192-384-768, 60,010,617 params, 9.59 GMACs."""
+    return _glnet(**dict(_4G_FAMILY, widths=(96, 192, 384, 768)) | kwargs)
+
+
+@register_model
+def glnet_16g(**kwargs) -> GLNet:
+    """GLNet-16G: [4,4,18,4] x 128-256-512-1024, LayerScale 1e-4, 106,055,161 params, 16.6 GMACs."""
+    return _glnet(**dict(_4G_FAMILY, widths=(128, 256, 512, 1024), layerscale=1e-4) | kwargs)
+
+
+@register_model
+def glnet_stl(**kwargs) -> GLNet:
+    """GLNet-STL (Swin-Tiny layout), slots pooled from the input: 30,296,786 params, 4.35 GMACs."""
+    return _glnet(**dict(_STL) | kwargs)
+
+
+@register_model
+def glnet_stl_paramslot(**kwargs) -> GLNet:
+    """GLNet-STL with learned initial slots (``init_slots``): 30,481,106 params, 4.35 GMACs."""
+    return _glnet(**dict(_STL, slot_init="param") | kwargs)
+
+
+@register_model
+def glnet_nano(**kwargs) -> GLNet:
+    """GLNet for 32x32 inputs: 4G-family blocks, [1,1,2,1] x 32-64-96-128, 16 slots, stem stride 2.
+
+    Stem conv3x3/1 -> BN -> GELU -> conv3x3/2 -> BN, so the four stages run at 16, 8, 4, 2 pixels
+    for a 32x32 input (reductions 2/4/8/16); heads 1-2-3-4 (width / 32); MLP ratio 3 with the
+    residual depthwise conv; CPE; stage 3 = one GLMix + one full-MHSA block.
+    """
+    return _glnet(**dict(_NANO) | kwargs)

@@ -152,3 +152,15 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         _serialization.save_model(model, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_checkpoint_key_preference(tmp_path):
+    """A cfg's checkpoint_key (e.g. 'model_ema' for glnet_16g) wins when a file holds several."""
+    a = convattn.create_model("resnet_nano").state_dict()
+    b = {k: v + 1 if v.is_floating_point() else v for k, v in a.items()}
+    path = tmp_path / "both.pth"
+    torch.save({"model": a, "model_ema": b}, path)
+    assert torch.equal(read_state_dict(path)["conv1.weight"], a["conv1.weight"])
+    got = read_state_dict(path, prefer_key="model_ema")
+    assert torch.equal(got["conv1.weight"], b["conv1.weight"])
+    assert convattn.get_pretrained_cfg("glnet_16g")["checkpoint_key"] == "model_ema"

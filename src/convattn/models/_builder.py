@@ -72,8 +72,12 @@ def create_model(
     return model
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file and return its bare state dict (wrappers and DDP prefixes removed)."""
+def read_state_dict(path: str | Path, prefer_key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file and return its bare state dict (wrappers and DDP prefixes removed).
+
+    ``prefer_key`` names the wrapper entry to take first when several exist (e.g. ``"model_ema"``
+    for releases whose published accuracy is that of the EMA weights).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint_path: no such file: {path}")
@@ -86,13 +90,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt, truncated or not a torch file
             raise ValueError(f"checkpoint_path: cannot read {path}: {err}") from err
-    return unwrap_state_dict(obj, source=str(path))
+    return unwrap_state_dict(obj, source=str(path), prefer_key=prefer_key)
 
 
-def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def unwrap_state_dict(
+    obj: object, source: str = "checkpoint", prefer_key: str | None = None
+) -> dict[str, torch.Tensor]:
     """Find the state dict inside a checkpoint object and strip DDP/compile prefixes."""
     if isinstance(obj, Mapping):
-        for key in _WRAPPER_KEYS:
+        order = ((prefer_key,) if prefer_key else ()) + _WRAPPER_KEYS
+        for key in order:
             inner = obj.get(key)
             if isinstance(inner, Mapping) and inner and _is_state_dict(inner):
                 obj = inner
@@ -135,12 +142,12 @@ def load_checkpoint(
 
     Returns the lists of re-initialised and ignored keys.
     """
-    state = read_state_dict(checkpoint_path)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    state = read_state_dict(checkpoint_path, prefer_key=cfg.get("checkpoint_key"))
     family = sys.modules.get(type(model).__module__)
     filter_fn = getattr(family, "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
     own = model.state_dict()
     reinit: list[str] = []
 

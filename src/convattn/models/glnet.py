@@ -503,7 +503,8 @@ default_cfgs = {
         paper_top1=85.0,
         paper_params_m=106.0,
         paper_gmacs=16.7,
-        official_checkpoint=_RELEASE.format("glnet_16g") + ", EMA weights under 'model_ema'",
+        official_checkpoint=_RELEASE.format("glnet_16g"),
+        checkpoint_key="model_ema",
     ),
     "glnet_stl": make_cfg(
         **_STL_CFG,

@@ -48,7 +48,7 @@ def model_rows() -> list[dict]:
 
 def render(rows: list[dict]) -> str:
     def fmt(v, spec):
-        return "–" if v is None else format(v, spec)
+        return "-" if v is None else format(v, spec)
 
     lines = [
         "# Model zoo",

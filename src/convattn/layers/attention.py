@@ -1,10 +1,16 @@
-"""Global multi-head self-attention.
+"""Global multi-head self-attention, on tokens and on NCHW maps.
 
-``MultiheadSelfAttention`` works on tokens (B, N, C) and keeps ``nn.MultiheadAttention``'s
-parameter layout (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``/``.bias``) so official
-GLNet checkpoints load unchanged, but runs through ``F.scaled_dot_product_attention``: memory stays
-O(N) on CPU (the native MHA fast path materialises the N x N matrix) and ``FlopCounterMode`` sees the
-attention products when the math backend is forced.
+Both classes compute softmax(Q K^T / sqrt(d)) V through ``F.scaled_dot_product_attention``: memory
+stays O(N) on CPU (the native ``nn.MultiheadAttention`` fast path materialises the N x N matrix) and
+``FlopCounterMode`` sees the attention products when the math backend is forced
+(``convattn.bench.count_macs``).
+
+* ``MultiheadSelfAttention`` works on tokens (B, N, C) and keeps ``nn.MultiheadAttention``'s
+  parameter layout (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``/``.bias``) so official
+  GLNet checkpoints load unchanged.
+* ``GlobalSelfAttention2d`` is the drop-in "SA alone" baseline of X-volution (arXiv 2106.02253; spec
+  ``xvolution.md`` section 1.5): 1x1 Q/K/V, attention over all pixels, 1x1 output projection to
+  ``out_channels``; stride s average-pools the input first; no positional encoding.
 """
 
 from __future__ import annotations
@@ -15,7 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MultiheadSelfAttention"]
+from ._checks import check_feature_map, check_positive_int
+
+__all__ = ["GlobalSelfAttention2d", "MultiheadSelfAttention"]
+
+
+def _packed_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Attention from packed projections: (B, N, 3*C) -> (B, N, C), heads side by side in C."""
+    b, n, c3 = qkv.shape
+    head_dim = c3 // (3 * num_heads)
+    qkv = qkv.view(b, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(head_dim))
+    return out.transpose(1, 2).reshape(b, n, c3 // 3)
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -54,17 +72,100 @@ class MultiheadSelfAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""
-        b, n, c = tokens.shape
+        if tokens.dim() != 3:
+            raise ValueError(
+                "MultiheadSelfAttention: argument 'tokens' must be 3-D (B, N, C), "
+                f"got shape {tuple(tokens.shape)}"
+            )
+        c = tokens.shape[-1]
         if c != self.dim:
             raise ValueError(
                 f"MultiheadSelfAttention: argument 'tokens' must have {self.dim} channels (last dim), got {c}"
             )
         qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
-        out = out.transpose(1, 2).reshape(b, n, c)
-        return self.out_proj(out)
+        return self.out_proj(_packed_attention(qkv, self.num_heads))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
+
+
+def _default_num_heads(channels: int, head_dim: int) -> int:
+    """Largest divisor of ``channels`` not above ``channels // head_dim`` (at least 1)."""
+    heads = max(1, channels // head_dim)
+    while channels % heads:
+        heads -= 1
+    return heads
+
+
+class GlobalSelfAttention2d(nn.Module):
+    """Multi-head self-attention over all pixels of an NCHW map, as a drop-in for a 3x3 conv.
+
+    With N = H'W' pixels of the (pooled) input X and heads h = 1..num_heads of width d::
+
+        Q_h, K_h, V_h = W^{q,k,v}_h X + b          (1x1 projections, C_in -> d each)
+        A_h = softmax(Q_h^T K_h / sqrt(d))         (N x N, softmax over the keys; never materialised)
+        Y = W^o [A_1 V_1^T; ...; A_h V_h^T] + b^o  (1x1 projection, C_in -> C_out)
+
+    The attention width is ``in_channels``; ``out_channels`` only sets the width of the output
+    projection, which is how C_in != C_out is handled (no extra layer). For ``stride`` s > 1 the
+    input is first average-pooled by s with ``ceil_mode`` (partial edge windows average their
+    in-image pixels), so the output is ceil(H/s) x ceil(W/s). There is no positional encoding.
+
+    Parameters: ``qkv`` (Linear C_in -> 3 C_in, i.e. packed 1x1 Q/K/V) and ``proj`` (Linear
+    C_in -> C_out). They act on the flattened (B, N, C) tokens because SDPA wants contiguous heads.
+
+    MACs per image (``count_macs``): 3 N C_in^2 + 2 N^2 C_in + N C_in C_out.
+
+    Args:
+        in_channels: input width C_in (also the attention width).
+        out_channels: output width C_out.
+        stride: spatial stride, applied by average pooling before attention.
+        num_heads: number of heads; must divide ``in_channels``. Default: the largest divisor of
+            ``in_channels`` not above ``in_channels // head_dim`` (4 heads at 256 channels).
+        head_dim: target head width used when ``num_heads`` is None.
+        qkv_bias: learn biases in the Q/K/V projection.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        num_heads: int | None = None,
+        head_dim: int = 64,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.in_channels = check_positive_int(in_channels, "in_channels", owner)
+        self.out_channels = check_positive_int(out_channels, "out_channels", owner)
+        self.stride = check_positive_int(stride, "stride", owner)
+        check_positive_int(head_dim, "head_dim", owner)
+        if num_heads is None:
+            num_heads = _default_num_heads(in_channels, head_dim)
+        check_positive_int(num_heads, "num_heads", owner)
+        if in_channels % num_heads:
+            raise ValueError(
+                f"{owner}: 'num_heads' ({num_heads}) must divide 'in_channels' ({in_channels})"
+            )
+        self.num_heads = num_heads
+        self.head_dim = in_channels // num_heads
+        self.qkv = nn.Linear(in_channels, 3 * in_channels, bias=qkv_bias)
+        self.proj = nn.Linear(in_channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, ceil(H/stride), ceil(W/stride))."""
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        b, _, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C_in)
+        out = self.proj(_packed_attention(self.qkv(tokens), self.num_heads))
+        return out.transpose(1, 2).reshape(b, self.out_channels, h, w)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
+            f"num_heads={self.num_heads}, head_dim={self.head_dim}"
+        )

@@ -1,0 +1,692 @@
+"""X-volution: convolution and self-attention merged into one dynamic convolution.
+
+Paper: Xuanhong Chen, Hang Wang, Bingbing Ni, "X-volution: On the Unification of Convolution and
+Self-attention", arXiv:2106.02253. No official code exists; this implements the reconstruction in
+``shared/specs/xvolution.md`` (section numbers below refer to it). The file follows the spec:
+
+- §1.4 Pixel Shift Self-Attention (PSSA), with ``q = s·p`` the input centre of output pixel ``p``::
+
+      PSSA(X)[o, p] = Σ_{d∈D} Σ_c W^a_d[o, c] · X[c, q] · X[c, q + d]      (zero fill outside)
+
+  ``pssa_directions``, ``pixel_shift_products``, ``PixelShiftAttention``.
+- §1.5 X-volution(SA): the attention branch is the library's ``GlobalSelfAttention2d``
+  (``layers/attention.py``), also the "SA alone" baseline.
+- §2 the training module ``XVolution``: ``BN_c(Conv_KxK(X)) + BN_a(Attn(X))``, no activation.
+- §3 re-parameterisation. Pure fusion maths (``fuse_xvolution_kernels``, ``directions_to_kernel``)
+  and the deploy operator, one dynamic convolution whose kernel at output pixel ``p`` is::
+
+      K_p[o, c, δ] = Ŵ^s[o, c, δ] + 1[δ∈D] · Ŵ^a[o, c, δ] · X[c, q]
+
+  ``centre_modulated_conv2d`` / ``CentreModulatedConv2d``. Per-pixel kernels are never built: the
+  dynamic part is a weighting of the products X[c,q]·X[c,q+δ], computed as for PSSA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_choice, check_feature_map, check_positive_int
+from .attention import GlobalSelfAttention2d
+from .conv_bn import fuse_conv_bn
+
+__all__ = [
+    "CentreModulatedConv2d",
+    "PixelShiftAttention",
+    "XVolution",
+    "centre_modulated_conv2d",
+    "directions_to_kernel",
+    "fuse_xvolution_kernels",
+    "pixel_shift_products",
+    "pssa_directions",
+]
+
+PSSA_WEIGHTINGS = ("full", "depthwise", "none")
+ATTENTIONS = ("pssa", "sa")
+
+Direction = tuple[int, int]
+
+
+def pssa_directions(include_center: bool = False) -> tuple[Direction, ...]:
+    """The shift set D_1 of §1.4: the 8 neighbour offsets (di, dj), row-major over the 3x3 window.
+
+    Args:
+        include_center: also include d = (0, 0), i.e. the term X ⊙ X (at its row-major place).
+    """
+    return tuple(
+        (i, j) for i in (-1, 0, 1) for j in (-1, 0, 1) if include_center or (i, j) != (0, 0)
+    )
+
+
+NEIGHBOURS: tuple[Direction, ...] = pssa_directions()
+"""The default D_1: the 8 neighbours at distance 1, centre excluded."""
+
+
+def _check_directions(directions: Sequence[Direction], owner: str) -> tuple[Direction, ...]:
+    """Distinct offsets inside the 3x3 window (L = 1), which the zero-filled shifts assume."""
+    dirs = tuple(tuple(d) for d in directions)
+    valid = all(len(d) == 2 and all(v in (-1, 0, 1) for v in d) for d in dirs)
+    if not dirs or not valid or len(set(dirs)) != len(dirs):
+        raise ValueError(
+            f"{owner}: 'directions' must be distinct (di, dj) offsets with di, dj in "
+            f"{{-1, 0, 1}}, got {directions!r}"
+        )
+    return dirs  # type: ignore[return-value]
+
+
+def _wide_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """float32 where second-order products would be formed in float16 (overflow past 65504).
+
+    bfloat16 has float32's range, so it is left alone (spec §2, mixed precision).
+    """
+    device = x.device.type
+    half_autocast = (
+        torch.amp.is_autocast_available(device)
+        and torch.is_autocast_enabled(device)
+        and torch.get_autocast_dtype(device) == torch.float16
+    )
+    return torch.float32 if x.dtype == torch.float16 or half_autocast else None
+
+
+def pixel_shift_products(
+    x: torch.Tensor, stride: int = 1, directions: Sequence[Direction] = NEIGHBOURS
+) -> torch.Tensor:
+    """Transformed features P_d = X ⊙ S_d(X) of §1.4, evaluated at the strided centres.
+
+    Args:
+        x: (B, C, H, W) input.
+        stride: evaluate at centres ``q = stride · p`` only.
+        directions: offsets d with |di|, |dj| <= 1; S_d fills with zeros outside the image.
+
+    Returns:
+        (B, |D|, C, ceil(H/stride), ceil(W/stride)), direction-major, so that ``flatten(1, 2)`` is
+        the spec's channel concatenation of the maps P_d. The memory is channels-last
+        (B, Ho, Wo, |D|, C): the 1x1 weighting then runs as one GEMM over |D|·C contiguous
+        channels, about twice as fast on CPU (oneDNN) as from planar maps.
+    """
+    directions = _check_directions(directions, "pixel_shift_products")
+    h, w = x.shape[-2:]
+    out = _products_from_padded(_pad_nhwc(x), -(-h // stride), -(-w // stride), stride, directions)
+    return out.permute(0, 3, 4, 1, 2)
+
+
+def _pad_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """(B, H+2, W+2, C): the zero fill of S_d (as the conv's zero padding), channels last."""
+    return F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+
+
+def _products_from_padded(
+    padded: torch.Tensor,
+    rows: int,
+    cols: int,
+    stride: int,
+    directions: Sequence[Direction],
+    buffer: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(b, rows, cols, |D|, C) products at the centres ``padded[:, 1 + s·i, 1 + s·j]``."""
+
+    def neighbour(d: Direction) -> torch.Tensor:
+        return padded[:, 1 + d[0] :: stride, 1 + d[1] :: stride][:, :rows, :cols]
+
+    centre = neighbour((0, 0))
+    if torch.is_grad_enabled() and padded.requires_grad:
+        return torch.stack([centre * neighbour(d) for d in directions], dim=3)
+    # Inference: write each product straight into its slot, no temporaries.
+    shape = (*centre.shape[:3], len(directions), centre.shape[3])
+    out = padded.new_empty(shape) if buffer is None else buffer[: math.prod(shape)].view(shape)
+    for i, d in enumerate(directions):
+        torch.mul(centre, neighbour(d), out=out[:, :, :, i])
+    return out
+
+
+# Inference on CPU forms the products in chunks of at most this many bytes, reusing one buffer:
+# a single larger temporary (glibc serves > 32 MB by mmap) is page-faulted afresh at every call,
+# which cost more than the GEMM itself at 64ch@56x56 batch 8 (51 MB of products). Measured 4-32 MB
+# on 2 cores: larger chunks (fewer, bigger ops) were slightly faster, 16 MB keeps a margin.
+_PRODUCTS_CHUNK_BYTES = 16 << 20
+
+
+def _pssa(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    stride: int,
+    directions: Sequence[Direction],
+    accumulate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Σ_d Σ_c W_d[o,c] X[c,q] X[c,q+d] (§1.4), optionally added in place into ``accumulate``.
+
+    ``weights`` are per direction: (C_out, C_in, |D|) for a full weighting, one 1x1 conv over the
+    stacked products; or (C, 1, |D|) diagonal, computed as X[c,q] · (depthwise conv of X)[c,q].
+    Float16 work runs in float32 (spec §2: the products are second order and overflow 65504).
+    """
+    wide = _wide_dtype(x)
+    if wide is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            out = _pssa(x.to(wide), weights.to(wide), stride, directions).to(x.dtype)
+        return out if accumulate is None else accumulate + out
+    if weights.shape[1] == 1 and x.shape[1] > 1:
+        kernel = directions_to_kernel(weights, directions, 3)
+        centre = x[:, :, ::stride, ::stride]
+        out = centre * F.conv2d(x, kernel, None, stride, 1, groups=x.shape[1])
+        return out if accumulate is None else accumulate.add_(out)
+
+    # Direction-major input channels, matching the products' layout (a view for PSSA's weight).
+    pointwise = weights.transpose(1, 2).reshape(weights.shape[0], -1, 1, 1)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)
+    if needs_grad or x.device.type != "cpu":
+        out = F.conv2d(pixel_shift_products(x, stride, directions).flatten(1, 2), pointwise)
+        return out if accumulate is None else accumulate.add_(out)
+
+    b, c, h, w = x.shape
+    rows, cols = -(-h // stride), -(-w // stride)
+    row_bytes = cols * len(directions) * c * x.element_size()
+    chunk_rows = max(1, min(rows, _PRODUCTS_CHUNK_BYTES // row_bytes))
+    chunk_images = max(1, min(b, _PRODUCTS_CHUNK_BYTES // (row_bytes * rows)))
+    if chunk_rows < rows:
+        chunk_images = 1
+    padded = _pad_nhwc(x)
+    buffer = x.new_empty(chunk_images * chunk_rows * row_bytes // x.element_size())
+    if accumulate is None:
+        accumulate = x.new_empty(b, rows, cols, weights.shape[0]).permute(0, 3, 1, 2)
+        write = torch.Tensor.copy_
+    else:
+        write = torch.Tensor.add_
+    for b0 in range(0, b, chunk_images):
+        for r0 in range(0, rows, chunk_rows):
+            r1 = min(rows, r0 + chunk_rows)
+            window = padded[b0 : b0 + chunk_images, stride * r0 : stride * (r1 - 1) + 3]
+            products = _products_from_padded(window, r1 - r0, cols, stride, directions, buffer)
+            out = F.conv2d(products.flatten(3).permute(0, 3, 1, 2), pointwise)
+            write(accumulate[b0 : b0 + chunk_images, :, r0:r1], out)
+    return accumulate
+
+
+def _tap_indices(directions: Sequence[Direction], kernel_size: int) -> list[int]:
+    """Flat K*K tap index of each offset d (tap d + K//2, row-major)."""
+    r = kernel_size // 2
+    return [(di + r) * kernel_size + (dj + r) for di, dj in directions]
+
+
+def directions_to_kernel(
+    weights: torch.Tensor, directions: Sequence[Direction], kernel_size: int
+) -> torch.Tensor:
+    """Lay per-direction weights onto the taps of a KxK kernel (zero at taps outside D).
+
+    Args:
+        weights: (..., |D|), the last dim ordered as ``directions``.
+        directions: the offsets d; each must lie inside the KxK window.
+        kernel_size: K (odd).
+
+    Returns:
+        (..., K, K) with ``out[..., d + K//2] = weights[..., i_d]``. Differentiable.
+    """
+    index = torch.tensor(_tap_indices(directions, kernel_size), device=weights.device)
+    kernel = weights.new_zeros(*weights.shape[:-1], kernel_size * kernel_size)
+    return kernel.index_copy(-1, index, weights).unflatten(-1, (kernel_size, kernel_size))
+
+
+def fuse_xvolution_kernels(
+    conv_weight: torch.Tensor,
+    conv_bn: nn.BatchNorm2d,
+    pssa_weights: torch.Tensor,
+    attn_bn: nn.BatchNorm2d,
+    directions: Sequence[Direction],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold both BatchNorms of the training form into one dynamic convolution (§3, step 1).
+
+    Args:
+        conv_weight: (C_out, C_in, K, K), the conv branch (no bias).
+        conv_bn: the conv branch's BatchNorm (running statistics are used).
+        pssa_weights: W^a per direction, (C_out, C_in, |D|), or (C, 1, |D|) for a depthwise
+            (diagonal) weighting.
+        attn_bn: the PSSA branch's BatchNorm.
+        directions: the offsets d, in the order of ``pssa_weights``' last dim.
+
+    Returns:
+        ``(static, dynamic, bias)``: the static kernel Ŵ^s (C_out, C_in, K, K), the dynamic kernel
+        Ŵ^a laid out on the KxK taps (C_out, C_in or 1, K, K; zero outside D) and the bias (C_out,).
+        Differentiable.
+    """
+    static, conv_bias = fuse_conv_bn(conv_weight, None, conv_bn)
+    dynamic, attn_bias = fuse_conv_bn(pssa_weights, None, attn_bn)
+    dynamic = directions_to_kernel(dynamic, directions, conv_weight.shape[-1])
+    return static, dynamic, conv_bias + attn_bias
+
+
+def centre_modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dynamic_weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int = 1,
+    directions: Sequence[Direction] = NEIGHBOURS,
+) -> torch.Tensor:
+    """The deployed X-volution (§3): a KxK conv whose kernel is modulated by the centre pixel.
+
+    ``Y[o,p] = b[o] + Σ_{c,δ} (W[o,c,δ] + 1[δ∈D] · W_dyn[o,c,δ] · X[c,q]) · X[c,q+δ]``, q = s·p,
+    zero padding K//2. Computed exactly as ``conv2d(X, W) + Σ_d W_dyn_d · (X ⊙ S_d X)``, i.e. one
+    conv plus one GEMM over the stacked products (never per-pixel kernels).
+
+    Args:
+        x: (B, C_in, H, W).
+        weight: static kernel (C_out, C_in, K, K).
+        dynamic_weight: (C_out, C_in, K, K), or (C_in, 1, K, K) for a depthwise (diagonal) dynamic
+            part (then C_out = C_in). Taps outside ``directions`` are ignored (the indicator 1[δ∈D]).
+        bias: (C_out,) or None.
+        stride: s.
+        directions: the footprint D (offsets with |di|, |dj| <= 1).
+
+    Returns:
+        (B, C_out, ceil(H/s), ceil(W/s)).
+    """
+    directions = _check_directions(directions, "centre_modulated_conv2d")
+    taps = _footprint_taps(dynamic_weight, directions)
+    out = F.conv2d(x, weight, bias, stride, weight.shape[-1] // 2)
+    return _pssa(x, taps, stride, directions, accumulate=out)
+
+
+def _footprint_taps(dynamic_weight: torch.Tensor, directions: Sequence[Direction]) -> torch.Tensor:
+    """(O, C or 1, |D|): the dynamic kernel at the taps of D, i.e. 1[δ∈D] applied.
+
+    Gathered in (O, |D|, C) memory order, so the GEMM weight that ``_pssa`` builds is a view.
+    """
+    k = dynamic_weight.shape[-1]
+    index = torch.tensor(_tap_indices(directions, k), device=dynamic_weight.device)
+    return dynamic_weight.flatten(2).transpose(1, 2).index_select(1, index).transpose(1, 2)
+
+
+def _check_kernel_size(kernel_size: object, owner: str) -> int:
+    check_positive_int(kernel_size, "kernel_size", owner)
+    if kernel_size < 3 or kernel_size % 2 == 0:
+        raise ValueError(
+            f"{owner}: 'kernel_size' must be odd and >= 3 so that the 3x3 PSSA footprint lies "
+            f"inside the conv kernel (needed for the merge), got {kernel_size}"
+        )
+    return kernel_size  # type: ignore[return-value]
+
+
+class PixelShiftAttention(nn.Module):
+    """Pixel Shift Self-Attention (§1.4): weighted products of each pixel with its neighbours.
+
+    No softmax, no scaling, no q/k projections: the branch's BatchNorm (in ``XVolution``) is its only
+    normalisation.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        stride: the products are evaluated at the centres ``stride · p``.
+        weighting: ``"full"`` (one C_out x C_in pointwise weight per direction, i.e. a 1x1 conv over
+            the concatenated products, ``|D|·C_in -> C_out``), ``"depthwise"`` (one weight per
+            channel and direction) or ``"none"`` (plain sum over directions). The last two need
+            ``in_channels == out_channels``.
+        include_center: add the d = (0, 0) term X ⊙ X.
+
+    Parameters:
+        weight: ``"full"``: (C_out, |D|·C_in, 1, 1), input channels direction-major (d·C_in + c);
+            ``"depthwise"``: (C, 1, |D|). ``"none"`` keeps a constant all-ones buffer of that shape
+            (not in the state dict).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        weighting: str = "full",
+        include_center: bool = False,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_positive_int(in_channels, "in_channels", owner)
+        check_positive_int(out_channels, "out_channels", owner)
+        check_positive_int(stride, "stride", owner)
+        check_choice(weighting, "pssa_weighting", PSSA_WEIGHTINGS, owner)
+        if weighting != "full" and in_channels != out_channels:
+            raise ValueError(
+                f"{owner}: pssa_weighting={weighting!r} needs in_channels == out_channels, got "
+                f"{in_channels} -> {out_channels}; use pssa_weighting='full'"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.weighting = weighting
+        self.directions = pssa_directions(include_center)
+        n = len(self.directions)
+        if weighting == "full":
+            self.weight = nn.Parameter(torch.empty(out_channels, n * in_channels, 1, 1))
+        elif weighting == "depthwise":
+            self.weight = nn.Parameter(torch.empty(out_channels, 1, n))
+        else:
+            self.register_buffer("weight", torch.ones(out_channels, 1, n), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if isinstance(self.weight, nn.Parameter):
+            nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def direction_weights(self) -> torch.Tensor:
+        """W^a per direction: (C_out, C_in, |D|), or (C, 1, |D|) for depthwise / none."""
+        if self.weighting == "full":
+            return self.weight.view(self.out_channels, len(self.directions), -1).transpose(1, 2)
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        return _pssa(x, self.direction_weights(), self.stride, self.directions)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
+            f"weighting={self.weighting!r}, directions={len(self.directions)}"
+        )
+
+
+class CentreModulatedConv2d(nn.Module):
+    """The deploy form of X-volution with PSSA (§3): one dynamic KxK convolution.
+
+    Kernel at output pixel p: ``weight + 1[δ∈D] · dynamic_weight · X[:, s·p]`` (channel-wise
+    modulation by the centre pixel), plus ``bias``. See :func:`centre_modulated_conv2d`.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: K, odd and >= 3.
+        stride: s.
+        directions: the footprint D of the dynamic part (default: the 8 neighbours).
+        depthwise_dynamic: store the dynamic kernel as (C, 1, K, K) (diagonal in channels).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        directions: Sequence[Direction] = NEIGHBOURS,
+        depthwise_dynamic: bool = False,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_positive_int(in_channels, "in_channels", owner)
+        check_positive_int(out_channels, "out_channels", owner)
+        check_positive_int(stride, "stride", owner)
+        _check_kernel_size(kernel_size, owner)
+        if depthwise_dynamic and in_channels != out_channels:
+            raise ValueError(
+                f"{owner}: 'depthwise_dynamic' needs in_channels == out_channels, got "
+                f"{in_channels} -> {out_channels}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.directions = _check_directions(directions, owner)
+        dyn_in = 1 if depthwise_dynamic else in_channels
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.dynamic_weight = nn.Parameter(
+            torch.empty(out_channels, dyn_in, kernel_size, kernel_size)
+        )
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self._footprint_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        taps = torch.empty(*self.dynamic_weight.shape[:2], len(self.directions))
+        nn.init.kaiming_normal_(taps, mode="fan_out", nonlinearity="relu")
+        self.dynamic_weight.copy_(directions_to_kernel(taps, self.directions, self.kernel_size))
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.kernel_size // 2)
+        return _pssa(x, self._footprint(), self.stride, self.directions, accumulate=out)
+
+    def _footprint(self) -> torch.Tensor:
+        """``_footprint_taps`` of ``dynamic_weight``, cached while it does not change (inference).
+
+        The cache holds the source tensor, so its storage cannot be freed and its address reused;
+        in-place updates (``load_state_dict``, optimiser steps) bump ``_version``.
+        """
+        w = self.dynamic_weight
+        if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
+            return _footprint_taps(w, self.directions)
+        cached = self._footprint_cache
+        if cached is None or cached[0].data_ptr() != w.data_ptr() or cached[1] != w._version:
+            source = w.detach()
+            cached = (source, w._version, _footprint_taps(source, self.directions))
+            self._footprint_cache = cached
+        return cached[2]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, directions={len(self.directions)}, "
+            f"depthwise_dynamic={self.dynamic_weight.shape[1] == 1 and self.in_channels > 1}"
+        )
+
+
+class XVolution(nn.Module):
+    """X-volution (arXiv:2106.02253): a KxK conv and an attention branch, each with a BatchNorm.
+
+    Training form (§2): ``BN_c(Conv_KxK(X)) + BN_a(Attn(X))``, no activation and no BN after the
+    sum (it replaces a "3x3 conv + BN" pair). ``reparameterize()`` folds both BNs and, for PSSA,
+    merges the branches into one dynamic convolution (§3, :class:`CentreModulatedConv2d`). For
+    ``attention="sa"`` the global branch cannot become a KxK kernel: re-parameterisation folds the
+    conv BN into the conv and the attention BN into the output projection and keeps both branches.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        stride: 1 or more; output is ceil(H/stride) x ceil(W/stride).
+        kernel_size: K of the conv branch, odd and >= 3 (the PSSA footprint must fit inside it).
+        pssa_weighting: ``"full"`` | ``"depthwise"`` | ``"none"`` (see :class:`PixelShiftAttention`).
+        include_center: PSSA also uses d = (0, 0), the term X ⊙ X.
+        attention: ``"pssa"`` (X-volution proper) or ``"sa"`` (X-volution(SA), global attention).
+        sa_head_dim: head width of the ``"sa"`` branch, whose attention width is ``in_channels``
+            (:class:`GlobalSelfAttention2d`); ``in_channels`` must be divisible by it.
+        attn_bn_zero_init: start the attention BN's gamma at 0 (training starts from the plain CNN);
+            a stability knob, not in the paper (§2).
+        deploy: build the re-parameterised form directly (for loading deploy state dicts).
+
+    Submodules (state-dict keys):
+        training: ``conv`` (no bias), ``conv_bn``, ``attn``, ``attn_bn``;
+        deploy, PSSA: ``reparam_conv`` (:class:`CentreModulatedConv2d`);
+        deploy, SA: ``reparam_conv`` (biased conv) and ``attn`` (``proj`` holds the folded BN).
+
+    MACs (as ``count_macs`` / FlopCounterMode counts them), per output pixel, N' = Ho·Wo:
+        conv ``C_out·C_in·K²``, plus for PSSA ``'full'`` the 1x1 weighting ``C_out·|D|·C_in``, or
+        for ``'depthwise'``/``'none'`` a 3x3 depthwise conv ``9·C``. The ``|D|·C_in`` products
+        X ⊙ S_d(X) are elementwise and not counted (nor is BatchNorm). The deploy form of
+        ``'full'`` counts the same. For ``'sa'``: ``3·C_in²`` (q/k/v) + ``2·N'·C_in`` (QK^T and
+        AV) + ``C_in·C_out`` (projection) on top of the conv.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        *,
+        pssa_weighting: str = "full",
+        include_center: bool = False,
+        attention: str = "pssa",
+        sa_head_dim: int = 64,
+        attn_bn_zero_init: bool = False,
+        deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_positive_int(in_channels, "in_channels", owner)
+        check_positive_int(out_channels, "out_channels", owner)
+        check_positive_int(stride, "stride", owner)
+        _check_kernel_size(kernel_size, owner)
+        check_choice(attention, "attention", ATTENTIONS, owner)
+        check_choice(pssa_weighting, "pssa_weighting", PSSA_WEIGHTINGS, owner)
+        if attention == "sa" and (pssa_weighting != "full" or include_center):
+            raise ValueError(
+                f"{owner}: 'pssa_weighting' and 'include_center' only apply to attention='pssa'"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.kernel_size = kernel_size
+        self.attention = attention
+        self.pssa_weighting = pssa_weighting
+        self.directions = pssa_directions(include_center)
+        self.deploy = deploy
+
+        if attention == "pssa" and pssa_weighting != "full" and in_channels != out_channels:
+            raise ValueError(
+                f"{owner}: pssa_weighting={pssa_weighting!r} needs in_channels == out_channels, "
+                f"got {in_channels} -> {out_channels}; use pssa_weighting='full'"
+            )
+
+        if attention == "sa":
+            check_positive_int(sa_head_dim, "sa_head_dim", owner)
+            if in_channels % sa_head_dim != 0:
+                raise ValueError(
+                    f"{owner}: the 'sa' branch attends at width in_channels ({in_channels}), "
+                    f"which must be divisible by 'sa_head_dim' ({sa_head_dim})"
+                )
+            # Same module in both forms: the deploy form folds the attention BN into `proj`.
+            self.attn = GlobalSelfAttention2d(
+                in_channels, out_channels, stride, num_heads=in_channels // sa_head_dim
+            )
+        if deploy:
+            if attention == "pssa":
+                self.reparam_conv = CentreModulatedConv2d(
+                    in_channels,
+                    out_channels,
+                    kernel_size,
+                    stride,
+                    self.directions,
+                    depthwise_dynamic=pssa_weighting != "full",
+                )
+            else:
+                self.reparam_conv = self._make_conv(bias=True)
+            return
+
+        self.conv = self._make_conv(bias=False)
+        self.conv_bn = nn.BatchNorm2d(out_channels)
+        if attention == "pssa":
+            self.attn = PixelShiftAttention(
+                in_channels, out_channels, stride, pssa_weighting, include_center
+            )
+        self.attn_bn = nn.BatchNorm2d(out_channels)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        if attn_bn_zero_init:
+            nn.init.zeros_(self.attn_bn.weight)
+
+    def _make_conv(self, bias: bool) -> nn.Conv2d:
+        k = self.kernel_size
+        return nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, k // 2, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        if self.deploy:
+            if self.attention == "pssa":
+                return self.reparam_conv(x)
+            return self.reparam_conv(x) + self.attn(x)
+        return self.conv_bn(self.conv(x)) + self.attn_bn(self.attn(x))
+
+    def get_equivalent_kernel_bias(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The folded (static kernel, dynamic kernel on KxK taps, bias); differentiable.
+
+        For ``attention="sa"`` the dynamic kernel is None (the global branch has no KxK kernel) and
+        the bias is the conv branch's only.
+        """
+        if self.deploy:
+            conv = self.reparam_conv
+            dynamic = conv.dynamic_weight if self.attention == "pssa" else None
+            return conv.weight, dynamic, conv.bias
+        if self.attention == "sa":
+            static, bias = fuse_conv_bn(self.conv.weight, None, self.conv_bn)
+            return static, None, bias
+        return fuse_xvolution_kernels(
+            self.conv.weight,
+            self.conv_bn,
+            self.attn.direction_weights(),
+            self.attn_bn,
+            self.directions,
+        )
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Switch to the deploy form in place (idempotent), folding BNs with running statistics."""
+        if self.deploy:
+            return
+        static, dynamic, bias = self.get_equivalent_kernel_bias()
+        if self.attention == "pssa":
+            fused = CentreModulatedConv2d(
+                self.in_channels,
+                self.out_channels,
+                self.kernel_size,
+                self.stride,
+                self.directions,
+                depthwise_dynamic=self.pssa_weighting != "full",
+            )
+            fused.dynamic_weight = nn.Parameter(dynamic.detach().clone())
+        else:
+            fused = self._make_conv(bias=True)
+            proj = self.attn.proj
+            proj_weight, proj_bias = fuse_conv_bn(proj.weight, proj.bias, self.attn_bn)
+            proj.weight.copy_(proj_weight)
+            proj.bias.copy_(proj_bias)
+        fused.weight = nn.Parameter(static.detach().clone())
+        fused.bias = nn.Parameter(bias.detach().clone())
+        self.reparam_conv = fused.to(device=static.device, dtype=static.dtype)
+        for name in ("conv", "conv_bn", "attn_bn"):
+            delattr(self, name)
+        if self.attention == "pssa":
+            del self.attn
+        self.deploy = True
+
+    switch_to_deploy = reparameterize
+
+    @torch.no_grad()
+    def kernel_magnitudes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pixel Frobenius norms of the static and the dynamic part of the deploy kernel K_p.
+
+        ``static[b, p] = ||Ŵ^s||`` (content-independent, the same at every pixel) and
+        ``dynamic[b, p] = ||1[δ∈D] Ŵ^a ⊙ X[b, :, s·p]|| = sqrt(Σ_c X[b,c,s·p]² Σ_{o,δ∈D} Ŵ^a[o,c,δ]²)``,
+        computed without building any kernel. PSSA only.
+
+        Args:
+            x: (B, C_in, H, W) input of this layer.
+
+        Returns:
+            ``(static, dynamic)``, each (B, ceil(H/s), ceil(W/s)), in float32 or x's wider dtype.
+        """
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        if self.attention != "pssa":
+            raise ValueError(
+                "XVolution.kernel_magnitudes: only defined for attention='pssa' (the 'sa' branch "
+                "has a global, not a KxK, dynamic kernel)"
+            )
+        static, dynamic, _ = self.get_equivalent_kernel_bias()
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        taps = dynamic.flatten(2)[:, :, _tap_indices(self.directions, self.kernel_size)]
+        # Σ_{o,δ∈D} Ŵ^a[o,c,δ]² per input channel c; a depthwise kernel is indexed (c, 1, δ).
+        reduce = (0, 2) if self.pssa_weighting == "full" else (1, 2)
+        col_sq = taps.to(dtype).square().sum(dim=reduce)
+        centre = x[:, :, :: self.stride, :: self.stride].to(dtype)
+        dyn = torch.einsum("bchw,c->bhw", centre.square(), col_sq).sqrt()
+        return static.to(dtype).norm().expand_as(dyn).clone(), dyn
+
+    def extra_repr(self) -> str:
+        opts = f"attention={self.attention!r}, deploy={self.deploy}"
+        if self.attention == "pssa":
+            opts += f", pssa_weighting={self.pssa_weighting!r}, directions={len(self.directions)}"
+        return (
+            f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
+            f"kernel_size={self.kernel_size}, {opts}"
+        )

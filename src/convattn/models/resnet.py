@@ -4,7 +4,8 @@
   of a bottleneck sits in its 3x3 conv, as in torchvision).
 * X-volution ResNets (arXiv 2106.02253; ``../shared/specs/xvolution.md`` section 4): every 3x3
   conv of stage 3 (``layer3``) becomes an :class:`~convattn.layers.xvolution.XVolution`, whose two
-  branch BatchNorms replace the block's BN there.
+  branch BatchNorms replace the block's BN there. The attention branch's BN gamma starts at 0 (the
+  spec's optional stability knob, section 2), so an untrained model behaves like the plain ResNet.
 * ACmix ResNets (arXiv 2111.14556; official LeapLabTHU/ACmix ``ResNet/ResNet_ImageNet.py``): every
   bottleneck 3x3 conv becomes :class:`~convattn.layers.acmix.ACmix` (k_att 7, 4 heads, k_conv 3);
   the BN after it stays. Key names equal the official ones, so released weights load directly.
@@ -45,6 +46,10 @@ def conv3x3_bn(in_ch: int, out_ch: int, stride: int) -> tuple[nn.Module, nn.Modu
 def xvolution_conv(in_ch: int, out_ch: int, stride: int, **kwargs) -> tuple[nn.Module, nn.Module]:
     from ..layers.xvolution import XVolution
 
+    # The attention branch's BN starts at gamma = 0 (spec section 2, optional knob): with gamma = 1
+    # the second-order PSSA products compound over stage 3's stacked blocks and overflow float32 in
+    # eval mode at initialisation. Training learns gamma; pass attn_bn_zero_init=False to disable.
+    kwargs.setdefault("attn_bn_zero_init", True)
     return XVolution(in_ch, out_ch, stride, **kwargs), nn.Identity()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,16 +14,78 @@ class CliError(Exception):
     """A user error reported as one line, without a traceback."""
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_operator_demo
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``convattn train: error: ...``)."""
 
-    return run_operator_demo(size=args.size, channels=args.channels)
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo, run_operator_demo
+
+    if args.operators:
+        return run_operator_demo(size=args.size, channels=args.channels)
+    return run_demo(out=args.out, quick=args.quick, models=args.models)
+
+
+def _check_model(name: str | None) -> None:
+    from .models import is_model
+    from .train import import_model_families
+
+    import_model_families()
+    if name is not None and not is_model(name):
+        raise CliError(
+            f"unknown model '{name}'; run 'convattn models' to list the registered names"
+        )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import config_from_args, train
+
+    cfg = config_from_args(args)
+    _check_model(cfg.model)
+    result = train(cfg)
+    if not cfg.quiet and int(os.environ.get("RANK", "0")) == 0:
+        best = result["best_top1"]
+        best_text = "n/a" if best is None else f"{best:.2f}% (epoch {result['best_epoch']})"
+        print(f"done: best val top-1 {best_text}; run folder {result['run_dir']}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .train import evaluate_checkpoint
+
+    _check_model(args.model)
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        model_name=args.model,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        split=args.split,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['model']} on {result['data']} ({result['split']}, {result['count']} images, "
+            f"{result['img_size']}px): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+            f"loss {result['loss']:.4f}"
+        )
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import create_model, get_pretrained_cfg, list_models
     from .bench.flops import count_macs, count_params
 
+    _check_model(None)  # registers every family, as train/eval see them
     names = list_models(args.pattern or "*")
     if not names:
         raise CliError(f"no model matches {args.pattern!r}; run 'convattn models' to list all")
@@ -45,15 +108,74 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .train import add_train_arguments
+
+    parser = _Parser(
         prog="convattn", description="Vision backbones unifying convolution and self-attention."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
 
-    demo = sub.add_parser("demo", help="run the main demonstration on embedded data")
-    demo.add_argument("--size", type=int, default=28, help="feature map height and width")
-    demo.add_argument("--channels", type=int, default=64, help="operator width")
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: train the nano models on digits and write runs/demo/report.md",
+        description="Train resnet_nano, xvolution_resnet_nano, acmix_resnet_nano, glnet_nano and "
+        "acmix_swin_nano on scikit-learn's digits with one recipe, check X-volution's "
+        "re-parameterised deploy form, and write a report with a table and plots.",
+        formatter_class=formatter,
+    )
+    demo.add_argument("--out", default="runs/demo", help="report folder")
+    demo.add_argument(
+        "--quick", action="store_true", help="tiny data and one epoch (a smoke test, seconds)"
+    )
+    demo.add_argument("--models", nargs="+", metavar="NAME", help="train only these models")
+    demo.add_argument(
+        "--operators", action="store_true", help="print the operator table instead (no training)"
+    )
+    demo.add_argument("--size", type=int, default=28, help="--operators: feature map size")
+    demo.add_argument("--channels", type=int, default=64, help="--operators: operator width")
     demo.set_defaults(func=_cmd_demo)
+
+    train = sub.add_parser(
+        "train",
+        help="train a model (single process, or under torchrun for DDP)",
+        description="Train a registered model. Distributed: torchrun --nproc_per_node N -m "
+        "convattn train ... (batch size is per process). Writes config.yaml, metrics.jsonl, "
+        "last/best .safetensors weights, resume.pt and curves.png to the run folder.",
+    )
+    add_train_arguments(train)
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint (ours or an official release) on a data set",
+        description="Top-1/top-5 accuracy and loss of a checkpoint on the validation split. "
+        "Our .safetensors checkpoints carry the model name, input size and normalisation; "
+        "official checkpoints need --model.",
+        formatter_class=formatter,
+    )
+    evaluate.add_argument(
+        "--model", metavar="NAME", help="registered model name (default: from our checkpoint)"
+    )
+    evaluate.add_argument("--checkpoint", required=True, metavar="PATH", help="weights file")
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        metavar="SPEC",
+        help="digits, synthetic:NAME[:N_TRAIN[:N_VAL]], cifar10:PATH, cifar100:PATH or a folder",
+    )
+    evaluate.add_argument("--split", choices=("val", "train"), default="val", help="split to score")
+    evaluate.add_argument(
+        "--img-size", type=int, metavar="PX", help="input size (default: checkpoint's or model's)"
+    )
+    evaluate.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size")
+    evaluate.add_argument("--workers", type=int, default=2, metavar="N", help="loader workers")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument(
+        "--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(func=_cmd_eval)
 
     models = sub.add_parser("models", help="list registered models with params and MACs")
     models.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'acmix*'")
@@ -71,13 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import pickle
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"convattn {args.command}: error: {err}", file=sys.stderr)
+    except (CliError, ValueError, OSError, RuntimeError, pickle.UnpicklingError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the exception's layout
+        print(f"convattn {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"convattn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -99,6 +99,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_command
+
+    return bench_command(args)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .models import convert_official
 
@@ -108,6 +114,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import add_bench_arguments
     from .train import add_train_arguments
 
     parser = _Parser(
@@ -189,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--official", required=True, help="path of the official checkpoint")
     convert.add_argument("--out", required=True, help="output path (.safetensors)")
     convert.set_defaults(func=_cmd_convert)
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark models: params, MACs, latency, throughput, memory (a process per row)",
+        description="Measure registered models (and the bench-only 'vit_reference'), each in a "
+        "fresh process with the same thread count; writes results.json/.csv/.md and PNG plots.",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -1,0 +1,108 @@
+"""The machine a benchmark ran on: environment record and dense matmul rate.
+
+The matmul rate (a square fp32 GEMM, the best case for the BLAS/oneDNN/cuBLAS kernels) is the
+yardstick for each model's achieved MAC rate: "fraction of peak" = model MAC/s / matmul MAC/s.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .timing import synchronizer, time_steps
+
+__all__ = ["cpu_model", "environment", "git_commit", "matmul_rate"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git(where: Path, *args: str) -> str:
+    # --no-optional-locks: never take the index lock, so a concurrent `git add` cannot fail.
+    cmd = ["git", "--no-optional-locks", "-C", str(where), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout
+
+
+def git_commit(path: str | Path | None = None) -> dict[str, object] | None:
+    """``{"commit", "dirty"}`` of the git checkout holding ``path`` (this package), or None."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        commit = _git(where, "rev-parse", "HEAD").strip()
+        dirty = bool(_git(where, "status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty} if commit else None
+
+
+def environment(threads: int, device: str = "cpu") -> dict[str, object]:
+    """What a result depends on: versions, threads, CPU/GPU, date, git commit, load average."""
+    env: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": threads,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "mkl": torch.backends.mkl.is_available(),
+        "device": device,
+        "git": git_commit(),
+    }
+    if hasattr(os, "getloadavg"):
+        env["load_average_start"] = list(os.getloadavg())
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        env["gpu"] = torch.cuda.get_device_name(index)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    return env
+
+
+@torch.inference_mode()
+def matmul_rate(
+    size: int = 2048,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> dict[str, object]:
+    """Dense ``size x size`` matmul rate on ``device``: median time, GFLOP/s and GMAC/s.
+
+    Args:
+        size: matrix side; the product costs ``size**3`` MACs.
+        device: where to run (the thread count is the caller's).
+        dtype: element type (float32 unless autocast models are compared).
+        warmup: discarded calls.
+        repeats: timed calls.
+    """
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    stats = time_steps(lambda: torch.mm(a, b, out=out), warmup, repeats, synchronizer(device))
+    seconds = stats["median_ms"] / 1e3
+    macs = float(size) ** 3
+    return {
+        "size": size,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        **stats,
+        "gmacs_per_s": macs / seconds / 1e9,
+        "gflops_per_s": 2 * macs / seconds / 1e9,
+    }

@@ -164,3 +164,26 @@ def test_checkpoint_key_preference(tmp_path):
     got = read_state_dict(path, prefer_key="model_ema")
     assert torch.equal(got["conv1.weight"], b["conv1.weight"])
     assert convattn.get_pretrained_cfg("glnet_16g")["checkpoint_key"] == "model_ema"
+
+
+def test_convert_cli_writes_our_format_from_official_file(tmp_path, capsys):
+    from convattn.cli import main
+    from convattn.models import read_model_info
+
+    src = convattn.create_model("resnet_nano").eval()
+    official = tmp_path / "official.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}}, official)
+    out = tmp_path / "ours.safetensors"
+    assert (
+        main(["convert", "--model", "resnet_nano", "--official", str(official), "--out", str(out)])
+        == 0
+    )
+    assert read_model_info(out)["model"] == "resnet_nano"
+    dst = convattn.create_model("resnet_nano", checkpoint_path=out).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(dst(x), src(x))
+    assert (
+        main(["convert", "--model", "resnet_nano", "--official", "missing.pth", "--out", str(out)])
+        == 2
+    )
+    assert "no such file" in capsys.readouterr().err

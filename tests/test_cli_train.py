@@ -179,6 +179,12 @@ def test_demo_quick(tmp_path, capsys):
     for name in models:
         assert f"| {name} |" in report
     assert "| xvolution_resnet_nano (deploy) |" in report and "**pass**" in report
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2]
+        for line in report.splitlines()[4:]
+        if line.startswith("| ") and "model" not in line
+    }
+    assert rows["xvolution_resnet_nano (deploy)"] != rows["xvolution_resnet_nano"]  # params
     for png in ("accuracy.png", "latency.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "deploy check" in capsys.readouterr().out
@@ -193,3 +199,32 @@ def test_demo_operators_mode(capsys):
 def test_models_command_still_works(capsys):
     assert main(["models", "resnet_nano", "--no-macs"]) == 0
     assert "resnet_nano" in capsys.readouterr().out
+
+
+def test_demo_skips_optional_model_when_over_budget(tmp_path, monkeypatch):
+    from convattn import demo
+
+    monkeypatch.setattr(demo, "DEMO_MODELS", ("resnet_nano", "acmix_swin_nano"))
+    monkeypatch.setattr(demo, "TIME_BUDGET_S", 0.0)
+    assert demo.run_demo(out=tmp_path, quick=True) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| resnet_nano |" in report and "| acmix_swin_nano |" not in report
+    assert "Skipped to stay within" in report and not (tmp_path / "acmix_swin_nano").exists()
+
+
+def test_demo_deploy_check_cannot_pass_vacuously(monkeypatch):
+    import copy
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from convattn import deploy
+    from convattn.demo import _deploy_check
+
+    model = create_model("xvolution_resnet_nano", num_classes=3).eval()
+    loader = DataLoader(TensorDataset(torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)))
+    normalise = torch.nn.Identity()
+    result = _deploy_check(model, loader, normalise)
+    assert result["passed"] and result["modules"] >= 2 and result["max_rel_dev"] < 1e-5
+    # A "re-parameterisation" that changes nothing must fail the check.
+    monkeypatch.setattr(deploy, "reparameterize_model", lambda m: copy.deepcopy(m))
+    assert not _deploy_check(model, loader, normalise)["passed"]

@@ -7,6 +7,7 @@ built by name with :func:`create_model` (see :func:`list_models`).
 __version__ = "0.1.0"
 
 from . import layers, models
+from .deploy import reparameterize_model
 from .models import create_model, get_pretrained_cfg, list_models, load_checkpoint
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "models",
+    "reparameterize_model",
 ]

@@ -105,6 +105,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_command(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .deploy.export import export_command
+
+    return export_command(args)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .models import convert_official
 
@@ -204,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
+    from .deploy.export import add_export_arguments
+
+    export = sub.add_parser(
+        "export",
+        help="export a model (deploy form) to ONNX or torch.export, verified with onnxruntime",
+    )
+    add_export_arguments(export)
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

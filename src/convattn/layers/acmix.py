@@ -641,6 +641,29 @@ class ACmix(nn.Module):
             f"kernel_att={self.kernel_att}, heads={self.heads}, kernel_conv={self.kernel_conv}"
         )
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold ``rate1`` and ``rate2`` into the adjacent weights in place; both then read 1.
+
+        The conv path is linear after ``fc`` (``dep_conv`` has no bias and zero padding), so
+        ``rate2`` scales ``dep_conv``. The attention path is linear in v (its weights depend on q
+        and k only), so ``rate1`` scales the v rows of ``qkv`` and ``fc``'s v columns are divided
+        by it, leaving the conv path unchanged (skipped if rate1 is 0). Exact up to rounding and
+        idempotent. A BatchNorm after ACmix cannot be folded in: a per-channel scale of the
+        attention output would need a per-channel change of v, which ``fc`` shares across channels.
+        """
+        self.conv_path.dep_conv.weight.mul_(self.rate2)
+        self.rate2.fill_(1.0)
+        rate1 = float(self.rate1)
+        if rate1 not in (0.0, 1.0):
+            v_rows = slice(2 * self.out_channels, None)
+            self.qkv.weight[v_rows].mul_(rate1)
+            self.qkv.bias[v_rows].mul_(rate1)
+            self.conv_path.fc.weight[:, 2 * self.heads :].div_(rate1)
+            self.rate1.fill_(1.0)
+
+    switch_to_deploy = reparameterize
+
 
 # --------------------------------------------------------------------------------------------------
 # ACmix-Swin: window attention + convolution path
@@ -730,3 +753,19 @@ class ACmixWindowAttention(WindowAttention):
         out_att = self.proj(self.attend(windows, mask))
         out_att = window_reverse(out_att.view(-1, ws, ws, c), ws, h, w)
         return self.proj_drop(self.rate1 * out_att + self.rate2 * out_conv.permute(0, 2, 3, 1))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold ``rate1`` into ``proj`` and ``rate2`` into ``dep_conv`` in place; both then read 1.
+
+        Both follow linear maps (``proj`` with bias, ``dep_conv`` without bias, zero padding), so
+        the fold is exact up to rounding; idempotent.
+        """
+        self.proj.weight.mul_(self.rate1)
+        if self.proj.bias is not None:
+            self.proj.bias.mul_(self.rate1)
+        self.conv_path.dep_conv.weight.mul_(self.rate2)
+        self.rate1.fill_(1.0)
+        self.rate2.fill_(1.0)
+
+    switch_to_deploy = reparameterize

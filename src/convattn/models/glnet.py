@@ -22,6 +22,14 @@ BN -> conv2x2/2 transitions). The model has no absolute position embedding, so a
 survives the downsampling works: every size >= 1 for ``"overlapped"`` (each stride-2 conv maps H to
 ceil(H / 2)), and H, W >= 32 for ``"non_overlapped"`` (each patch conv floors).
 
+Deploy form (``reparameterize()`` / ``deploy=True``, see :mod:`convattn.deploy.reparam`): every BN
+of the downsampling layers is folded into its conv and replaced by ``nn.Identity`` (keys keep their
+indices): conv -> BN pairs directly, the STL transitions' BN -> conv 2x2/2 as an input-side affine
+(exact because that conv has no padding). Not folded: the pre-head ``norm`` (it follows a residual
+sum, and ``forward_features`` returns its output) and the residual depthwise convs (``x + DW(x)``
+could absorb the identity into the centre tap, but deploy and training state dicts would then have
+the same keys with different meanings).
+
 Deliberate differences from the official code: attention runs through
 :class:`~convattn.layers.attention.MultiheadSelfAttention` (SDPA, O(N) memory on CPU, same keys as
 ``nn.MultiheadAttention``); the official eval-mode cast of the normed tokens back to the residual's
@@ -40,6 +48,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from ..deploy.reparam import ConvNormSequential
 from ..layers import DropPath, LayerNorm2d, MultiheadSelfAttention
 from ..layers._checks import check_choice, check_feature_map, check_positive_int
 from ..layers.glmix import GLMixBlock, _ResidualDepthwiseConv
@@ -254,37 +263,45 @@ class GLNetStage(nn.Module):
         return f"dim={self.dim}, depth={len(self.blocks)}, mixing_mode={self.mixing_mode!r}"
 
 
-def _overlapped_stem(in_chans: int, width: int, stride: int) -> nn.Sequential:
+def _overlapped_stem(in_chans: int, width: int, stride: int, deploy: bool) -> nn.Sequential:
     # Index 0 is the official placeholder for an (unused) input LayerNorm; 3 is the GELU. A stem
     # stride of 2 (nano models) makes the first conv stride 1.
-    return nn.Sequential(
+    return ConvNormSequential(
         nn.Identity(),
         nn.Conv2d(in_chans, width // 2, 3, stride=stride // 2, padding=1),
-        nn.BatchNorm2d(width // 2),
+        _batch_norm(width // 2, deploy),
         nn.GELU(),
         nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
-        nn.BatchNorm2d(width),
+        _batch_norm(width, deploy),
     )
 
 
+def _batch_norm(channels: int, deploy: bool) -> nn.Module:
+    # The deploy form keeps the position (and so the indices of the other layers) as an Identity.
+    return nn.Identity() if deploy else nn.BatchNorm2d(channels)
+
+
 def _downsample_layers(
-    style: str, in_chans: int, widths: Sequence[int], stem_stride: int
+    style: str, in_chans: int, widths: Sequence[int], stem_stride: int, deploy: bool = False
 ) -> nn.ModuleList:
+    # ConvNormSequential: nn.Sequential keys, plus reparameterize() folding the BNs into the convs.
     if style == "overlapped":  # conv 3x3/2 -> BN ("proj.norm")
-        layers = [_overlapped_stem(in_chans, widths[0], stem_stride)]
+        layers = [_overlapped_stem(in_chans, widths[0], stem_stride, deploy)]
         layers += [
-            nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out))
+            ConvNormSequential(
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), _batch_norm(c_out, deploy)
+            )
             for c_in, c_out in pairwise(widths)
         ]
     else:  # patch conv -> BN stem; BN -> conv 2x2/2 transitions ("norm.proj")
         layers = [
-            nn.Sequential(
+            ConvNormSequential(
                 nn.Conv2d(in_chans, widths[0], stem_stride, stride=stem_stride),
-                nn.BatchNorm2d(widths[0]),
+                _batch_norm(widths[0], deploy),
             )
         ]
         layers += [
-            nn.Sequential(nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 2, stride=2))
+            ConvNormSequential(_batch_norm(c_in, deploy), nn.Conv2d(c_in, c_out, 2, stride=2))
             for c_in, c_out in pairwise(widths)
         ]
     return nn.ModuleList(layers)
@@ -310,6 +327,8 @@ class GLNet(nn.Module):
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
         in_chans: input channels.
         drop_path_rate: stochastic depth of the last block (linear schedule over all blocks).
+        deploy: build the re-parameterised form directly (BNs of the downsampling layers folded;
+            loads state dicts of :func:`convattn.deploy.reparameterize_model` results).
     """
 
     def __init__(
@@ -330,6 +349,7 @@ class GLNet(nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
+        deploy: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -379,7 +399,9 @@ class GLNet(nn.Module):
         # Smallest input that survives the downsampling (patch convs floor, overlapped convs ceil).
         self.min_input_size = stem_stride * 8 if downsample_style == "non_overlapped" else 1
 
-        self.downsample_layers = _downsample_layers(downsample_style, in_chans, widths, stem_stride)
+        self.downsample_layers = _downsample_layers(
+            downsample_style, in_chans, widths, stem_stride, deploy
+        )
         rates = stochastic_depth_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList(
             GLNetStage(

@@ -13,6 +13,11 @@
   also overwrites ACmix's shift initialisation of ``dep_conv``; we keep the shift init, which is
   the paper's intent (it only matters when training from scratch).
 
+Deploy form (``reparameterize()`` / ``deploy=True``, see :mod:`convattn.deploy.reparam`): every
+conv + BN pair (stem ``conv1``/``bn1``, each block's pairs, ``downsample.0``/``.1``) becomes one
+biased conv with the BN replaced by ``nn.Identity`` (keys ``conv*.bias`` appear, ``bn*`` keys go);
+X-volution switches to its single dynamic convolution; ACmix folds its rates and keeps its BN.
+
 The file ends with the configuration table and the registered constructors.
 """
 
@@ -24,6 +29,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from ..deploy.reparam import ConvNormSequential, fold_conv_bn_
 from ..layers import DropPath
 from ..layers._checks import check_feature_map
 from ._features import resolve_out_indices
@@ -34,28 +40,45 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 
 # A "spatial conv" factory builds the 3x3 position of a block: (in, out, stride) -> (module, norm).
 # The norm is the block's BN for plain/ACmix convs, and Identity for X-volution (its branch BNs
-# already normalise).
+# already normalise). Deploy models call it with ``deploy=True`` (the fused form).
 SpatialConv = Callable[[int, int, int], tuple[nn.Module, nn.Module]]
 
 
-def conv3x3_bn(in_ch: int, out_ch: int, stride: int) -> tuple[nn.Module, nn.Module]:
-    conv = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-    return conv, nn.BatchNorm2d(out_ch)
+def conv_bn(
+    in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, deploy: bool = False
+) -> tuple[nn.Conv2d, nn.Module]:
+    """A conv and its BN, or (deploy) the biased conv they fold into and an Identity."""
+    conv = nn.Conv2d(
+        in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=deploy
+    )
+    return conv, nn.Identity() if deploy else nn.BatchNorm2d(out_ch)
 
 
-def xvolution_conv(in_ch: int, out_ch: int, stride: int, **kwargs) -> tuple[nn.Module, nn.Module]:
+def conv3x3_bn(
+    in_ch: int, out_ch: int, stride: int, deploy: bool = False
+) -> tuple[nn.Module, nn.Module]:
+    return conv_bn(in_ch, out_ch, 3, stride, deploy)
+
+
+def xvolution_conv(
+    in_ch: int, out_ch: int, stride: int, deploy: bool = False, **kwargs
+) -> tuple[nn.Module, nn.Module]:
     from ..layers.xvolution import XVolution
 
     # The attention branch's BN starts at gamma = 0 (spec section 2, optional knob): with gamma = 1
     # the second-order PSSA products compound over stage 3's stacked blocks and overflow float32 in
     # eval mode at initialisation. Training learns gamma; pass attn_bn_zero_init=False to disable.
     kwargs.setdefault("attn_bn_zero_init", True)
-    return XVolution(in_ch, out_ch, stride, **kwargs), nn.Identity()
+    return XVolution(in_ch, out_ch, stride, deploy=deploy, **kwargs), nn.Identity()
 
 
-def acmix_conv(in_ch: int, out_ch: int, stride: int, **kwargs) -> tuple[nn.Module, nn.Module]:
+def acmix_conv(
+    in_ch: int, out_ch: int, stride: int, deploy: bool = False, **kwargs
+) -> tuple[nn.Module, nn.Module]:
     from ..layers.acmix import ACmix
 
+    # ACmix's deploy form has the training form's structure (rates folded to 1), and the BN after
+    # it stays (it cannot be folded into ACmix), so ``deploy`` changes nothing here.
     return ACmix(in_ch, out_ch, stride, **kwargs), nn.BatchNorm2d(out_ch)
 
 
@@ -72,8 +95,11 @@ class BasicBlock(nn.Module):
         downsample: nn.Module | None = None,
         spatial_conv: SpatialConv = conv3x3_bn,
         drop_path: float = 0.0,
+        deploy: bool = False,
     ) -> None:
         super().__init__()
+        if deploy:
+            spatial_conv = partial(spatial_conv, deploy=True)
         self.conv1, self.bn1 = spatial_conv(in_ch, width, stride)
         self.relu = nn.ReLU(inplace=True)
         self.conv2, self.bn2 = spatial_conv(width, width, 1)
@@ -83,6 +109,12 @@ class BasicBlock(nn.Module):
     def zero_init_last(self) -> None:
         if isinstance(self.bn2, nn.BatchNorm2d):
             nn.init.zeros_(self.bn2.weight)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold each plain conv + BN pair into a biased conv (idempotent); operators fold themselves."""
+        fold_conv_bn_(self, "conv1", "bn1")
+        fold_conv_bn_(self, "conv2", "bn2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -104,20 +136,29 @@ class Bottleneck(nn.Module):
         downsample: nn.Module | None = None,
         spatial_conv: SpatialConv = conv3x3_bn,
         drop_path: float = 0.0,
+        deploy: bool = False,
     ) -> None:
         super().__init__()
         out_ch = width * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.conv1, self.bn1 = conv_bn(in_ch, width, 1, deploy=deploy)
+        if deploy:
+            spatial_conv = partial(spatial_conv, deploy=True)
         self.conv2, self.bn2 = spatial_conv(width, width, stride)
-        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.conv3, self.bn3 = conv_bn(width, out_ch, 1, deploy=deploy)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn3.weight)
+        if isinstance(self.bn3, nn.BatchNorm2d):
+            nn.init.zeros_(self.bn3.weight)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold each plain conv + BN pair into a biased conv (idempotent); operators fold themselves."""
+        fold_conv_bn_(self, "conv1", "bn1")
+        fold_conv_bn_(self, "conv2", "bn2")
+        fold_conv_bn_(self, "conv3", "bn3")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -142,6 +183,8 @@ class ResNet(nn.Module):
         first_stride: stride of stage 1 (1 for both stems, as in torchvision).
         drop_path_rate: stochastic depth of the last block (linear schedule).
         zero_init_last: zero-initialise each block's last BN gamma.
+        deploy: build the re-parameterised form directly (loads deploy checkpoints, i.e. state
+            dicts of :func:`convattn.deploy.reparameterize_model` results).
     """
 
     def __init__(
@@ -156,6 +199,7 @@ class ResNet(nn.Module):
         stem_width: int = 64,
         drop_path_rate: float = 0.0,
         zero_init_last: bool = False,
+        deploy: bool = False,
     ) -> None:
         super().__init__()
         if len(layers) != len(widths):
@@ -166,14 +210,13 @@ class ResNet(nn.Module):
         self.in_chans = in_chans
         spatial_convs = list(spatial_convs or [None] * len(layers))
         if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
+            self.conv1, self.bn1 = conv_bn(in_chans, stem_width, 7, stride=2, deploy=deploy)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
             reduction = 4
         else:
-            self.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False)
+            self.conv1, self.bn1 = conv_bn(in_chans, stem_width, 3, deploy=deploy)
             self.maxpool = nn.Identity()
             reduction = 1
-        self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
 
         dpr = stochastic_depth_rates(drop_path_rate, layers)
@@ -183,7 +226,7 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             reduction *= stride
             factory = spatial_convs[i] or conv3x3_bn
-            stage, in_ch = self._make_stage(block, in_ch, width, n, stride, factory, dpr[i])
+            stage, in_ch = self._make_stage(block, in_ch, width, n, stride, factory, dpr[i], deploy)
             self.add_module(f"layer{i + 1}", stage)
             self.feature_info.append(
                 dict(num_chs=in_ch, reduction=reduction, module=f"layer{i + 1}")
@@ -195,15 +238,14 @@ class ResNet(nn.Module):
         self._init_weights(zero_init_last)
 
     @staticmethod
-    def _make_stage(block, in_ch, width, n, stride, factory, rates):
+    def _make_stage(block, in_ch, width, n, stride, factory, rates, deploy):
         out_ch = width * block.expansion
         downsample = None
         if stride != 1 or in_ch != out_ch:
-            downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
-        blocks = [block(in_ch, width, stride, downsample, factory, rates[0])]
-        blocks += [block(out_ch, width, 1, None, factory, r) for r in rates[1:]]
+            # Keys downsample.0 (conv) / downsample.1 (BN, Identity once folded).
+            downsample = ConvNormSequential(*conv_bn(in_ch, out_ch, 1, stride, deploy))
+        blocks = [block(in_ch, width, stride, downsample, factory, rates[0], deploy)]
+        blocks += [block(out_ch, width, 1, None, factory, r, deploy) for r in rates[1:]]
         return nn.Sequential(*blocks), out_ch
 
     def _init_weights(self, zero_init_last: bool) -> None:
@@ -216,6 +258,8 @@ class ResNet(nn.Module):
                 continue
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:  # deploy form: the folded BN's shift, 0 at init
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -231,6 +275,11 @@ class ResNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the stem BN into ``conv1`` (idempotent); blocks and operators fold themselves."""
+        fold_conv_bn_(self, "conv1", "bn1")
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.in_chans, type(self).__name__)

@@ -148,21 +148,42 @@ class Mlp(nn.Module):
 # the bias table) serve them too: token pairs then use exactly the (dy, dx) entries of the table.
 
 
-@functools.lru_cache(maxsize=64)
+def _cached_unless_tracing(maxsize: int):
+    """``functools.lru_cache`` in eager mode; uncached while torch.export / torch.compile trace.
+
+    Tensors made during tracing are fake (symbolic): cached, they would leak into later eager
+    calls (and sizes may be symbolic, which cannot be hashed).
+    """
+
+    def decorate(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args):
+            return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+
+        wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+        wrapper.cache_info = cached.cache_info  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+@_cached_unless_tracing(maxsize=64)
 def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> Tensor:
     with torch.inference_mode(False):  # cached across calls, so never an inference tensor
         return shifted_window_mask(height, width, window, shift).to(device)
 
 
-@functools.lru_cache(maxsize=16)
+@_cached_unless_tracing(maxsize=16)
 def _embedding_mask(inner: int, window: int, device: torch.device) -> Tensor:
     """(1, w*w, w*w) mask hiding the keys of a w x w window outside its top-left inner x inner part."""
     with torch.inference_mode(False):
-        outside = torch.ones(window, window, dtype=torch.bool)
-        outside[:inner, :inner] = False
-        mask = torch.zeros(window * window, window * window)
-        mask[:, outside.flatten()] = float("-inf")
-        return mask.unsqueeze(0).to(device)
+        # Comparisons and masked_fill only (no boolean index_put), so ONNX export translates it.
+        inside = torch.arange(window, device=device) < inner
+        outside = ~(inside[:, None] & inside[None, :]).flatten()
+        row = torch.zeros(window * window, device=device).masked_fill(outside, float("-inf"))
+        return row.expand(window * window, -1).unsqueeze(0)
 
 
 def _clamped_window_attention(attn: WindowAttention, qkv: Tensor, window: int) -> Tensor:
@@ -343,6 +364,9 @@ class SwinTransformer(nn.Module):
         drop_path_rate: stochastic depth of the last block (linear schedule from 0).
         patch_norm: LayerNorm after the patch embedding.
         attn_layer: ``"window"`` (Swin) or ``"acmix"`` (ACmix-Swin).
+        deploy: accepted for API symmetry with the other families: Swin has nothing to fold, and
+            ACmix-Swin's deploy form (rates folded into ``proj`` / ``dep_conv``, then 1) has the
+            training form's structure and keys, so both forms build the same modules.
     """
 
     def __init__(
@@ -361,6 +385,7 @@ class SwinTransformer(nn.Module):
         drop_path_rate: float = 0.1,
         patch_norm: bool = True,
         attn_layer: str = "window",
+        deploy: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__

@@ -1,0 +1,668 @@
+"""Export a re-parameterised model to ONNX or a ``torch.export`` program, verified in the runtime.
+
+``export_model`` traces with ``torch.export`` (never TorchScript), writes ONNX through
+``torch.onnx.export(..., dynamo=True)`` or the program itself through ``torch.export.save``
+(``shared/specs/ecosystem.md`` section 2.3), then loads the written file in its runtime
+(onnxruntime on the CPU, or ``torch.export.load``) and compares it with the PyTorch model before the
+file takes its final name: a failed export never leaves a file behind (``convattn._io.atomic_write``).
+
+Dynamic shapes. A dynamic batch and/or a dynamic input size are traced with ``Dim.AUTO``; a model
+that turns a dimension into a constant (a Python loop or branch over it) is refused with a
+ValueError, and so is a family whose graph depends on the input size in ways that torch.export can
+only guard, not express in the file (:func:`dynamic_size_blockers`): Swin pads maps to window
+multiples and clamps windows by the map size, ACmix's window-bank layout is computed from the size.
+Every dynamic export is checked at a second batch size and/or a second (odd) input size.
+
+ACmix's window attention runs through three registered operators (``convattn::acmix_window_*``,
+chunked in-place kernels); for export they are lowered to plain ATen ops (one gather of the k*k
+window slots, a product and a sum), so the ONNX file and the ``.pt2`` program need no custom
+operator at load time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import logging
+import math
+import operator
+import re
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._io import atomic_write
+from .reparam import reparameterize_model
+
+__all__ = [
+    "FORMATS",
+    "ExportError",
+    "ExportResult",
+    "add_export_arguments",
+    "dynamic_size_blockers",
+    "export_command",
+    "export_model",
+]
+
+FORMATS = ("onnx", "pt2")
+
+# Second sizes for the dynamic checks: other batch sizes, and an input grown by odd amounts (so a
+# graph traced at an even, window-aligned size meets padding and odd maps).
+_CHECK_BATCHES = (1, 3)
+_SIZE_GROWTH = (5, 3)
+
+
+class ExportError(RuntimeError):
+    """The exported file does not reproduce the PyTorch model (nothing was written)."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how well the runtime reproduced the model.
+
+    Attributes:
+        path: the written file.
+        format: ``"onnx"`` or ``"pt2"``.
+        input_shape: the traced example input (N, C, H, W).
+        dynamic_batch: the batch dimension is dynamic in the file.
+        dynamic_size: H and W are dynamic in the file.
+        max_deviation: largest ``max|runtime - model| / max|model|`` over the checks, against the
+            given model (eval mode, before re-parameterisation).
+        runtime_deviation: the same against the exported (re-parameterised) PyTorch module, i.e.
+            the runtime's own error without the folding's rounding.
+        checks: ``(input shape, deviation against the given model)`` per checked input.
+        ranges: valid range ``(min, max)`` of each dynamic dimension (``max`` None = unbounded),
+            as torch.export derived it.
+        seconds: wall time of the whole export.
+    """
+
+    path: Path
+    format: str
+    input_shape: tuple[int, ...]
+    dynamic_batch: bool
+    dynamic_size: bool
+    max_deviation: float
+    runtime_deviation: float
+    checks: list[tuple[tuple[int, ...], float]] = field(default_factory=list)
+    ranges: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for a log or the command line."""
+        dims = [n for n, on in (("batch", self.dynamic_batch), ("size", self.dynamic_size)) if on]
+        shape = "x".join(map(str, self.input_shape))
+        what = f"dynamic {' and '.join(dims)}" if dims else "static shape"
+        runtime = "onnxruntime" if self.format == "onnx" else "torch.export.load"
+        return (
+            f"wrote {self.path} ({self.format}, input {shape}, {what}): {runtime} reproduces the "
+            f"model to {self.max_deviation:.1e} of the output scale over {len(self.checks)} "
+            f"input(s) in {self.seconds:.1f} s"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Export-time lowering of ACmix's window operators to ATen
+# --------------------------------------------------------------------------------------------------
+
+
+def _window_slots(bank: torch.Tensor, kernel_size: int, stride: int, row_length: int, length: int):
+    """(n, c, k*k, L): slot o = dy * k + dx of every output position, gathered from the bank.
+
+    The bank layout is ACmix's (``convattn.layers.acmix``, "window bank"): slot (dy, dx) of output
+    i is phase (dy % s) * s + dx % s at flat index i + (dy // s) * row_length + dx // s.
+    """
+    n, c, phases, m = bank.shape
+    k, s = kernel_size, stride
+    steps = torch.arange(k, device=bank.device)
+    dy, dx = steps.view(k, 1), steps.view(1, k)
+    start = ((dy % s) * s + dx % s) * m + (dy // s) * row_length + dx // s  # (k, k)
+    index = (start.view(-1, 1) + torch.arange(length, device=bank.device)).flatten()
+    return bank.reshape(n, c, phases * m).index_select(2, index).view(n, c, k * k, length)
+
+
+def _window_dot_aten(query, bank, kernel_size, stride, row_length, valid_width):
+    slots = _window_slots(bank, kernel_size, stride, row_length, query.shape[2])
+    return (query.unsqueeze(2) * slots).sum(dim=1)
+
+
+def _window_mix_aten(weights, bank, kernel_size, stride, row_length, valid_width):
+    slots = _window_slots(bank, kernel_size, stride, row_length, weights.shape[2])
+    return (weights.unsqueeze(1) * slots).sum(dim=2)
+
+
+def _attention_aten(
+    q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):
+    """``scaled_dot_product_attention`` (eval) as matmul -> softmax -> matmul, for ONNX.
+
+    The ONNX exporter keeps SDPA whole and decomposes it later with output strides that differ
+    from the traced ones, which breaks views recorded after it (Swin's window attention:
+    "Cannot view a tensor with shape ..."); lowering it first keeps the graph consistent.
+    """
+    if enable_gqa:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))
+    if is_causal:
+        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        else:
+            logits = logits + attn_mask
+    return torch.matmul(logits.softmax(dim=-1), v)
+
+
+def _pooling_matrix(size, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """(bins, size) averaging weights of adaptive pooling: bin i covers [floor(i*size/bins),
+    ceil((i+1)*size/bins)), PyTorch's bin rule, computed from a possibly symbolic ``size``."""
+    i = torch.arange(bins, device=like.device).view(-1, 1)
+    pos = torch.arange(size, device=like.device).view(1, -1)
+    start = torch.div(i * size, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * size + bins - 1, bins, rounding_mode="floor")
+    inside = (pos >= start) & (pos < end)
+    return inside.to(like.dtype) / (end - start).to(like.dtype)
+
+
+def _adaptive_avg_pool2d_aten(x, output_size):
+    """``adaptive_avg_pool2d`` as two matrix products, valid for every input size.
+
+    The ONNX exporter translates adaptive pooling for the traced size only (a dynamic-size GLNet
+    file pooled a 19x18 map into 5x4 slots instead of 4x4); the pooling matrices here are built in
+    the graph from the runtime size.
+    """
+    rows = _pooling_matrix(x.shape[-2], output_size[0], x)
+    cols = _pooling_matrix(x.shape[-1], output_size[1], x)
+    return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
+def _onnx_floordiv(a, b):
+    """Floor division of (symbolic) sizes for ONNX, right for negative numerators too.
+
+    onnxscript translates ``operator.floordiv`` as ONNX ``Div``, which truncates (documented as
+    "only for positive inputs"), so ``-(-h // s)`` (ceil division) came out as ``h // s`` and
+    X-volution's dynamic-size graph failed at odd sizes.
+    """
+    from onnxscript import opset18 as op
+
+    quotient = op.Div(a, b)
+    remainder = op.Sub(a, op.Mul(quotient, b))
+    return op.Where(op.Less(op.Mul(remainder, b), 0), op.Sub(quotient, 1), quotient)
+
+
+def _custom_op_lowerings() -> dict:
+    from ..layers import acmix  # noqa: F401  (registers the operators)
+
+    ops = torch.ops.convattn
+    return {
+        ops.acmix_window_dot.default: _window_dot_aten,
+        ops.acmix_window_mix.default: _window_mix_aten,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Which models can have a dynamic input size
+# --------------------------------------------------------------------------------------------------
+
+
+def dynamic_size_blockers(model: nn.Module) -> list[str]:
+    """Reasons why ``model``'s graph cannot have a dynamic input size (empty list: it can).
+
+    Declared per operator family, because torch.export would otherwise guard these dependencies
+    at run time (``ExportedProgram.module()``) but an ONNX file would silently compute wrong
+    results at other sizes, and tracing them symbolically takes minutes.
+    """
+    from ..layers.acmix import ACmix
+    from ..layers.window_attention import WindowAttention
+
+    reasons = []
+    if any(isinstance(m, WindowAttention) for m in model.modules()):
+        reasons.append(
+            "Swin window attention pads each map to a multiple of the window, clamps the window "
+            "on small maps and builds its shift masks from the map size"
+        )
+    if any(isinstance(m, ACmix) for m in model.modules()):
+        reasons.append(
+            "ACmix's window bank (reflect padding, phase split and slot offsets) is laid out "
+            "for one input size"
+        )
+    return reasons
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------
+
+
+def export_model(
+    model: nn.Module,
+    path: str | Path,
+    format: str = "onnx",
+    img_size: int | Sequence[int] | None = None,
+    dynamic_batch: bool = False,
+    dynamic_size: bool = False,
+    deploy: bool = True,
+    *,
+    batch_size: int = 1,
+    rtol: float = 1e-4,
+    opset: int | None = None,
+) -> ExportResult:
+    """Export ``model`` (re-parameterised by default) and verify the file in its runtime.
+
+    The file is written to a temporary name, loaded back (onnxruntime, CPU provider, for
+    ``"onnx"``; ``torch.export.load`` for ``"pt2"``), run on the example input and, when dynamic,
+    on batch sizes 1 and 3 and on a second input size, and compared with ``model`` in eval mode;
+    only then is it renamed to ``path``. ``model`` itself is not modified.
+
+    Args:
+        model: the model (any ``nn.Module`` taking one NCHW image batch).
+        path: output file (``.onnx`` / ``.pt2`` by convention).
+        format: ``"onnx"`` or ``"pt2"``.
+        img_size: H, W of the traced input (an int for square inputs); default: the model's
+            ``pretrained_cfg["input_size"]``, else 224.
+        dynamic_batch: make the batch dimension dynamic.
+        dynamic_size: make H and W dynamic (refused for models listed by
+            :func:`dynamic_size_blockers`).
+        deploy: export the :func:`~convattn.deploy.reparameterize_model` form.
+        batch_size: batch of the traced input when the batch is static.
+        rtol: largest accepted deviation, relative to the output scale ``max|output|``.
+        opset: ONNX opset (default: the exporter's).
+
+    Returns:
+        :class:`ExportResult` with the deviations measured in the runtime.
+
+    Raises:
+        ValueError: invalid arguments, or a dynamic dimension the model cannot support.
+        ExportError: tracing failed or the runtime does not reproduce the model within ``rtol``.
+    """
+    start = time.perf_counter()
+    if format not in FORMATS:
+        raise ValueError(f"export_model: 'format' must be one of {FORMATS}, got {format!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"export_model: 'batch_size' must be a positive int, got {batch_size!r}")
+    if not rtol > 0:
+        raise ValueError(f"export_model: 'rtol' must be positive, got {rtol!r}")
+    height, width = _resolve_img_size(model, img_size)
+    name = _model_name(model)
+    if dynamic_size and (blockers := dynamic_size_blockers(model)):
+        raise ValueError(
+            f"export_model: {name} cannot be exported with a dynamic input size: "
+            f"{'; '.join(blockers)}. Export it with a static img_size (one file per size)."
+        )
+
+    exported = reparameterize_model(model) if deploy else copy.deepcopy(model)
+    exported.eval()
+    batch = 2 if dynamic_batch else batch_size  # batch 1 would be specialised (0/1 rule)
+    in_chans = int(getattr(model, "in_chans", 3))
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(batch, in_chans, height, width, generator=generator)
+
+    program = _trace(exported, example, dynamic_batch, dynamic_size, name, format)
+    ranges = _dynamic_ranges(program, dynamic_batch, dynamic_size, name)
+
+    inputs = [example]
+    if dynamic_batch:
+        inputs += [example[:1], torch.randn(3, *example.shape[1:], generator=generator)]
+    if dynamic_size:
+        min_h, min_w = ranges["height"][0], ranges["width"][0]
+        size = (max(height + _SIZE_GROWTH[0], min_h), max(width + _SIZE_GROWTH[1], min_w))
+        inputs.append(torch.randn(example.shape[0], in_chans, *size, generator=generator))
+    with _eval_mode(model), torch.no_grad():
+        expected = [_as_list(model(x)) for x in inputs]
+        eager = [_as_list(exported(x)) for x in inputs]
+
+    report: dict = {}
+
+    def write_and_verify(tmp: Path) -> None:
+        if format == "onnx":
+            tmp.write_bytes(_onnx_bytes(program, example, opset))
+            run = _onnxruntime_runner(tmp)
+        else:
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer)
+            tmp.write_bytes(buffer.getvalue())
+            run = _pt2_runner(tmp)
+        report.update(_verify(run, inputs, expected, eager, rtol, dynamic_size, name))
+
+    atomic_write(path, write_and_verify)
+    return ExportResult(
+        path=Path(path),
+        format=format,
+        input_shape=tuple(example.shape),
+        dynamic_batch=dynamic_batch,
+        dynamic_size=dynamic_size,
+        max_deviation=report["max_deviation"],
+        runtime_deviation=report["runtime_deviation"],
+        checks=report["checks"],
+        ranges=ranges,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _resolve_img_size(model: nn.Module, img_size: int | Sequence[int] | None) -> tuple[int, int]:
+    if img_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        img_size = tuple(cfg.get("input_size", (3, 224, 224)))[-2:]
+    if isinstance(img_size, int) and not isinstance(img_size, bool):
+        img_size = (img_size, img_size)
+    size = tuple(img_size)  # type: ignore[arg-type]
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+        raise ValueError(f"export_model: 'img_size' must be an int or (H, W), got {img_size!r}")
+    if min(size) < 1:
+        raise ValueError(f"export_model: 'img_size' must be positive, got {img_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then every module's own mode back."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def _fresh_tensor_caches() -> Iterator[None]:
+    """Empty the operators' size-keyed tensor caches before and after tracing.
+
+    A tensor created while torch.export traces is fake; ACmix's cached coordinate grids and
+    reflection indices would keep it and hand it to later eager calls (or to the next export).
+    """
+    from ..layers import acmix
+
+    caches = [getattr(acmix, name, None) for name in ("_coordinate_grid", "_reflected")]
+    caches = [c for c in caches if hasattr(c, "cache_clear")]
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        yield
+    finally:
+        for cache in caches:
+            cache.cache_clear()
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporters' chatter that says nothing about this model."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..."
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
+def _trace(
+    model: nn.Module,
+    example: torch.Tensor,
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    name: str,
+    format: str,
+) -> torch.export.ExportedProgram:
+    dims = ([0] if dynamic_batch else []) + ([2, 3] if dynamic_size else [])
+    dynamic_shapes = ({d: torch.export.Dim.AUTO for d in dims},) if dims else None
+    try:
+        with torch.no_grad(), _fresh_tensor_caches(), _quiet_exporter():
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    except Exception as err:
+        first = _first_line(err)
+        if dims:
+            raise ValueError(
+                f"export_model: torch.export could not trace {name} with dynamic "
+                f"{_dim_names(dynamic_batch, dynamic_size)}: {first}"
+            ) from err
+        raise ExportError(f"export_model: torch.export could not trace {name}: {first}") from err
+    lowerings = _custom_op_lowerings()
+    if format == "onnx":
+        lowerings[torch.ops.aten.scaled_dot_product_attention.default] = _attention_aten
+        if dynamic_size:
+            lowerings[torch.ops.aten.adaptive_avg_pool2d.default] = _adaptive_avg_pool2d_aten
+    if any(node.target in lowerings for node in program.graph.nodes):
+        with _quiet_exporter():
+            program = program.run_decompositions(lowerings)
+    return program
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _dim_names(dynamic_batch: bool, dynamic_size: bool) -> str:
+    names = (["batch"] if dynamic_batch else []) + (["size"] if dynamic_size else [])
+    return " and ".join(names)
+
+
+def _dynamic_ranges(
+    program: torch.export.ExportedProgram, dynamic_batch: bool, dynamic_size: bool, name: str
+) -> dict[str, tuple[int, int | None]]:
+    """Check that the requested dimensions stayed symbolic and return their valid ranges."""
+    user_input = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_input)
+    shape = node.meta["val"].shape
+    wanted = {"batch": 0} if dynamic_batch else {}
+    if dynamic_size:
+        wanted |= {"height": 2, "width": 3}
+    ranges: dict[str, tuple[int, int | None]] = {}
+    for dim_name, axis in wanted.items():
+        size = shape[axis]
+        if not isinstance(size, torch.SymInt) or size.node.expr.is_number:
+            raise ValueError(
+                f"export_model: {name} cannot be exported with a dynamic {dim_name}: tracing "
+                f"specialised it to {int(size)} (the forward pass branches or loops over it); "
+                f"export it with a static {dim_name}"
+            )
+        bounds = program.range_constraints.get(size.node.expr)
+        low = _finite(bounds.lower) if bounds is not None else None
+        high = _finite(bounds.upper) if bounds is not None else None
+        ranges[dim_name] = (1 if low is None else low, high)
+    return ranges
+
+
+def _finite(bound) -> int | None:
+    """An int range bound, or None for torch's symbolic integer infinity (``int_oo``)."""
+    try:
+        value = int(bound)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
+    return value if abs(value) < 2**62 else None
+
+
+def _onnx_bytes(
+    program: torch.export.ExportedProgram, example: torch.Tensor, opset: int | None
+) -> bytes:
+    try:
+        with _quiet_exporter():
+            onnx_program = torch.onnx.export(
+                program,
+                (example,),
+                dynamo=True,
+                input_names=["input"],
+                opset_version=opset,
+                custom_translation_table={operator.floordiv: _onnx_floordiv},
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as err:
+        first = _first_line(err)
+        raise ExportError(f"export_model: ONNX conversion failed: {first}") from err
+    return onnx_program.model_proto.SerializeToString()
+
+
+def _onnxruntime_runner(path: Path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.from_numpy(out) for out in session.run(None, {input_name: x.numpy()})]
+
+    return run
+
+
+def _pt2_runner(path: Path):
+    module = torch.export.load(io.BytesIO(path.read_bytes())).module()
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return _as_list(module(x))
+
+    return run
+
+
+def _as_list(out) -> list[torch.Tensor]:
+    return [out] if isinstance(out, torch.Tensor) else [t for t in out]
+
+
+def _deviation(actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
+    """max |actual - expected| / max |expected| over all outputs (inf if shapes differ)."""
+    if len(actual) != len(expected):
+        return math.inf
+    worst = 0.0
+    for a, e in zip(actual, expected):
+        if a.shape != e.shape:
+            return math.inf
+        scale = e.abs().max().clamp_min(1e-12)
+        worst = max(worst, float((a.to(e.dtype) - e).abs().max() / scale))
+    return worst if math.isfinite(worst) else math.inf
+
+
+def _verify(run, inputs, expected, eager, rtol, dynamic_size, name) -> dict:
+    checks, runtime_dev = [], 0.0
+    for i, (x, want, own) in enumerate(zip(inputs, expected, eager)):
+        try:
+            got = run(x)
+        except Exception as err:  # the runtime rejects the shape: the graph is specialised
+            got, error = None, err
+        dev = math.inf if got is None else _deviation(got, want)
+        checks.append((tuple(x.shape), dev))
+        if dev <= rtol:
+            runtime_dev = max(runtime_dev, _deviation(got, own))
+            continue
+        detail = f"deviation {dev:.2e} > rtol {rtol:.0e}" if got is not None else f"{error}"
+        shape = "x".join(map(str, x.shape))
+        if dynamic_size and i == len(inputs) - 1:
+            raise ValueError(
+                f"export_model: the exported {name} does not reproduce the model at a second "
+                f"input size ({shape}: {detail}); it cannot have a dynamic input size, export "
+                "it with a static img_size"
+            )
+        raise ExportError(
+            f"export_model: the exported {name} does not reproduce the model on input {shape}: "
+            f"{detail}"
+        )
+    return {
+        "checks": checks,
+        "max_deviation": max(dev for _, dev in checks),
+        "runtime_deviation": runtime_dev,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: ``convattn export``
+# --------------------------------------------------------------------------------------------------
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``convattn export`` (see :func:`export_command`)."""
+    parser.add_argument("--model", metavar="NAME", help="registered model (default: checkpoint's)")
+    parser.add_argument(
+        "--checkpoint", metavar="PATH", help="weights: ours (.safetensors) or an official release"
+    )
+    parser.add_argument("--out", required=True, metavar="PATH", help="output .onnx or .pt2 file")
+    parser.add_argument(
+        "--format", choices=FORMATS, help="file format (default: from --out's suffix, else onnx)"
+    )
+    parser.add_argument(
+        "--img-size", type=int, nargs="+", metavar="PX", help="H [W] (default: the model's)"
+    )
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="static batch")
+    parser.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
+    parser.add_argument(
+        "--dynamic-size", action="store_true", help="dynamic H and W (not Swin / ACmix)"
+    )
+    parser.add_argument(
+        "--no-deploy",
+        dest="deploy",
+        action="store_false",
+        help="export the training form (default: re-parameterised)",
+    )
+    parser.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs")
+    parser.add_argument("--in-chans", type=int, metavar="N", help="input channels")
+    parser.add_argument(
+        "--rtol", type=float, default=1e-4, help="accepted deviation / output scale"
+    )
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    return parser
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """``convattn export``: build (and load) a model, export it, print the verified result."""
+    from ..models import create_model, is_model, read_model_info
+
+    name, config = args.model, {}
+    checkpoint = args.checkpoint
+    if checkpoint and str(checkpoint).endswith(".safetensors"):
+        try:
+            info = read_model_info(checkpoint)
+        except ValueError:
+            info = {}
+        name = name or info.get("model")
+        config = dict(info.get("config") or {})
+    if not name:
+        raise ValueError("give --model (the checkpoint does not name its model)")
+    if not is_model(name):
+        raise ValueError(f"unknown model '{name}'; run 'convattn models' to list the names")
+    for key in ("num_classes", "in_chans"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    model = create_model(name, checkpoint_path=checkpoint, **config)
+    fmt = args.format or ("pt2" if str(args.out).endswith(".pt2") else "onnx")
+    img_size = None
+    if args.img_size:
+        if len(args.img_size) > 2:
+            raise ValueError(f"--img-size takes H or H W, got {args.img_size}")
+        img_size = tuple(args.img_size) if len(args.img_size) == 2 else args.img_size[0]
+    result = export_model(
+        model,
+        args.out,
+        format=fmt,
+        img_size=img_size,
+        dynamic_batch=args.dynamic_batch,
+        dynamic_size=args.dynamic_size,
+        deploy=args.deploy,
+        batch_size=args.batch_size,
+        rtol=args.rtol,
+        opset=args.opset,
+    )
+    print(result.summary())
+    if result.ranges:
+        valid = ", ".join(
+            f"{k} {lo}..{'any' if hi is None else hi}" for k, (lo, hi) in result.ranges.items()
+        )
+        print(f"dynamic dimensions valid for: {valid}")
+    return 0

@@ -26,7 +26,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from ..layers.conv_bn import bn_scale_shift, fuse_conv_bn_module
+from ..layers.conv_bn import biased_conv_like, bn_scale_shift, fuse_conv_bn_module
 
 __all__ = [
     "ConvNormSequential",
@@ -87,7 +87,7 @@ def fuse_bn_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
     fused_w = weight * scale.view(g, 1, in_per_group, 1)
     through = (weight * shift.view(g, 1, in_per_group, 1)).sum(dim=(2, 3)).flatten()
     bias = through if conv.bias is None else conv.bias + through
-    fused = _biased_like(conv)
+    fused = biased_conv_like(conv)
     fused.weight.copy_(fused_w.reshape_as(conv.weight))
     fused.bias.copy_(bias)
     return fused
@@ -97,21 +97,6 @@ def _padding(conv: nn.Conv2d) -> tuple[int, ...]:
     if isinstance(conv.padding, str):  # 'same' pads whenever the kernel is larger than 1
         return (0,) if conv.padding == "valid" or max(conv.kernel_size) == 1 else (1,)
     return tuple(conv.padding)
-
-
-def _biased_like(conv: nn.Conv2d) -> nn.Conv2d:
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    )
-    return fused.to(device=conv.weight.device, dtype=conv.weight.dtype).train(conv.training)
 
 
 def fold_conv_bn_(parent: nn.Module, conv_name: str, bn_name: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ConvBN", "bn_scale_shift", "fuse_conv_bn", "fuse_conv_bn_module"]
+__all__ = ["ConvBN", "biased_conv_like", "bn_scale_shift", "fuse_conv_bn", "fuse_conv_bn_module"]
 
 
 def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,6 +35,22 @@ def fuse_conv_bn(
     fused_w = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
     fused_b = shift if bias is None else bias * scale + shift
     return fused_w, fused_b
+
+
+def biased_conv_like(conv: nn.Conv2d) -> nn.Conv2d:
+    """A new biased Conv2d with ``conv``'s geometry, device, dtype and training mode."""
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    )
+    return fused.to(device=conv.weight.device, dtype=conv.weight.dtype).train(conv.training)
 
 
 class ConvBN(nn.Sequential):
@@ -83,16 +99,7 @@ class ConvBN(nn.Sequential):
             return
         conv = self.conv
         w, b = fuse_conv_bn(conv.weight, conv.bias, self.bn)
-        fused = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=True,
-        ).to(device=w.device, dtype=w.dtype)
+        fused = biased_conv_like(conv)
         fused.weight.copy_(w)
         fused.bias.copy_(b)
         self.conv = fused
@@ -103,17 +110,7 @@ class ConvBN(nn.Sequential):
 def fuse_conv_bn_module(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """Return a new biased Conv2d equal to ``bn(conv(x))`` in eval mode."""
     w, b = fuse_conv_bn(conv.weight, conv.bias, bn)
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    ).to(device=w.device, dtype=w.dtype)
+    fused = biased_conv_like(conv)
     fused.weight.copy_(w)
     fused.bias.copy_(b)
     return fused

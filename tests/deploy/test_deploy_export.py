@@ -199,16 +199,20 @@ def test_specialised_batch_is_refused(tmp_path):
     assert _files(tmp_path) == []
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="X-volution's CPU inference path loops over batch chunks while traced; needs "
-    "torch.compiler.is_compiling() to select the plain path in layers/xvolution.py:_pssa",
-)
-def test_xvolution_dynamic_batch(tmp_path):
-    export_model(
-        _model("xvolution_resnet_nano"), tmp_path / "x.onnx", img_size=16, dynamic_batch=True
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_xvolution_dynamic_batch_and_size(fmt, tmp_path):
+    """The eager CPU path of X-volution loops over batch chunks; traced, it must not (it would
+    bake the batch into the graph): ``_chunked_inference`` is off under torch.compiler."""
+    result = export_model(
+        _model("xvolution_resnet_nano"),
+        tmp_path / f"x.{fmt}",
+        fmt,
+        img_size=16,
+        dynamic_batch=True,
+        dynamic_size=True,
     )
+    assert [shape[0] for shape, _ in result.checks] == [2, 1, 3, 2]
+    assert result.max_deviation < 1e-4
 
 
 @pytest.mark.slow
@@ -222,7 +226,7 @@ def test_dynamic_size_where_supported(name, fmt, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("xvolution")])  # see above
+@pytest.mark.parametrize("name", ALL)
 def test_dynamic_batch_every_model(name, tmp_path):
     result = export_model(
         _model(name), tmp_path / "m.onnx", img_size=_size(name), dynamic_batch=True

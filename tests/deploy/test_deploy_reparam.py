@@ -222,7 +222,10 @@ def test_folded_model_matches_and_deploy_checkpoint_loads(name, tmp_path):
     with torch.no_grad():
         expected, got = model(x), deployed(x)
     assert torch.isfinite(expected).all()
-    assert_close_scaled(got, expected, max(1e-5, 20 * _float32_noise(model, x, expected)))
+    # Capped: a chaotic random network (ACmix-ResNet-50's floor reaches 1e-2) must still match
+    # to 1e-3; float64 exactness is tested separately below.
+    tolerance = min(1e-3, max(1e-5, 20 * _float32_noise(model, x, expected)))
+    assert_close_scaled(got, expected, tolerance)
 
     # Every foldable BN is gone (the remaining ones are those documented as not foldable).
     left = {

@@ -524,27 +524,33 @@ def test_kernel_magnitudes_match_explicit_kernels(weighting, reparam):
 # --------------------------------------------------------------------------- inference fast path
 
 
+@pytest.mark.parametrize("route", ["planar", "channels_last"])
 @pytest.mark.parametrize(
-    "budget_rows,stride,batch",
-    [(1, 1, 3), (2, 2, 1), (2, 1, 3), (18, 1, 3), (10, 2, 3), (1000, 1, 3)],
+    "budget_rows,stride,batch,k",
+    [(1, 1, 3, 3), (2, 2, 1, 5), (2, 1, 3, 3), (18, 1, 3, 5), (10, 2, 3, 3), (1000, 1, 3, 5)],
 )
-def test_chunked_inference_matches_reference(monkeypatch, budget_rows, stride, batch):
+def test_chunked_inference_matches_reference(monkeypatch, budget_rows, stride, batch, k, route):
     """The no-grad CPU path forms products in bounded chunks (rows of one image, or whole images).
 
     The budget is counted in product rows of this shape: 1 and 2 rows (with a remainder), two
     whole images (9 output rows at stride 1, 5 at stride 2; batch 3 leaves a remainder), and one
-    chunk for everything.
+    chunk for everything. The deploy form takes its channels-last route on large maps only; the
+    threshold is moved so both routes run on this small map.
     """
     c_in, c_out, size = 3, 5, (9, 7)
-    m = make(c_in, c_out, stride, 3)
+    m = make(c_in, c_out, stride, k)
     row_bytes = -(-size[1] // stride) * 8 * c_in * 8  # float64
     monkeypatch.setattr(xvolution, "_PRODUCTS_CHUNK_BYTES", budget_rows * row_bytes)
+    min_pixels = 0 if route == "channels_last" else 10**9
+    monkeypatch.setattr(xvolution, "_CHANNELS_LAST_MIN_PIXELS", min_pixels)
     x = torch.randn(batch, c_in, *size, dtype=F64)
     expected = ref.training_forward(m, x)
     with torch.no_grad():
         torch.testing.assert_close(m(x), expected)
         m.reparameterize()
-        torch.testing.assert_close(m(x), expected)
+        y = m(x)
+        torch.testing.assert_close(y, expected)
+        assert y.is_contiguous()  # the output keeps the input's (planar) memory format
 
 
 @pytest.mark.parametrize("attention", ["pssa", "sa"])

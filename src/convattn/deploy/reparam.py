@@ -112,7 +112,7 @@ def fold_conv_bn_(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
     conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
     if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d):
         return False
-    fused = fuse_conv_bn_module(conv, bn).train(conv.training)
+    fused = fuse_conv_bn_module(conv, bn)
     setattr(parent, conv_name, fused)
     setattr(parent, bn_name, nn.Identity())
     return True

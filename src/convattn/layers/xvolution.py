@@ -149,6 +149,11 @@ def _products_from_padded(
 # on 2 cores: larger chunks (fewer, bigger ops) were slightly faster, 16 MB keeps a margin.
 _PRODUCTS_CHUNK_BYTES = 16 << 20
 
+# The deploy form switches planar (NCHW) inputs to channels-last from this many output pixels on:
+# oneDNN's channels-last 3x3 conv was 10-50% faster at 28x28 and 56x56 (batch 8, 2 cores) but
+# slower at 7x7, where the planar conv plus the in-place PSSA accumulation wins.
+_CHANNELS_LAST_MIN_PIXELS = 28 * 28
+
 
 def _pssa(
     x: torch.Tensor,
@@ -176,33 +181,65 @@ def _pssa(
 
     # Direction-major input channels, matching the products' layout (a view for PSSA's weight).
     pointwise = weights.transpose(1, 2).reshape(weights.shape[0], -1, 1, 1)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)
-    if needs_grad or x.device.type != "cpu":
+    if not _chunked_inference(x, weights):
         out = F.conv2d(pixel_shift_products(x, stride, directions).flatten(1, 2), pointwise)
         return out if accumulate is None else accumulate.add_(out)
 
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     rows, cols = -(-h // stride), -(-w // stride)
-    row_bytes = cols * len(directions) * c * x.element_size()
+    if accumulate is None:
+        # Channels-last, the layout the chunk GEMMs produce: the copies are contiguous.
+        accumulate = x.new_empty(b, rows, cols, weights.shape[0]).permute(0, 3, 1, 2)
+        return _add_pssa_chunks_(accumulate, _pad_nhwc(x), pointwise, stride, directions, False)
+    return _add_pssa_chunks_(accumulate, _pad_nhwc(x), pointwise, stride, directions, True)
+
+
+def _chunked_inference(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether the eager CPU inference path (chunked products, in-place accumulation) applies.
+
+    Not under autograd (it writes into buffers) and not while traced by torch.compile /
+    torch.export: its Python loop over chunks would bake the batch and map size into the graph.
+    """
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return not (
+        torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights) if t is not None)
+    )
+
+
+def _add_pssa_chunks_(
+    out: torch.Tensor,
+    padded: torch.Tensor,
+    pointwise: torch.Tensor,
+    stride: int,
+    directions: Sequence[Direction],
+    accumulate: bool,
+) -> torch.Tensor:
+    """``out += PSSA`` (or ``out = PSSA``), forming the products chunk by chunk in one buffer.
+
+    Args:
+        out: (B, C_out, rows, cols), written in place (channels-last memory is fastest).
+        padded: (B, ·, ·, C_in) channels-last input with a one-pixel zero border around the
+            pixels the products read (``_pad_nhwc``).
+        pointwise: (C_out, |D|·C_in, 1, 1) direction-major weight.
+    """
+    b, _, rows, cols = out.shape
+    c = padded.shape[-1]
+    row_bytes = cols * len(directions) * c * padded.element_size()
     chunk_rows = max(1, min(rows, _PRODUCTS_CHUNK_BYTES // row_bytes))
     chunk_images = max(1, min(b, _PRODUCTS_CHUNK_BYTES // (row_bytes * rows)))
     if chunk_rows < rows:
         chunk_images = 1
-    padded = _pad_nhwc(x)
-    buffer = x.new_empty(chunk_images * chunk_rows * row_bytes // x.element_size())
-    if accumulate is None:
-        accumulate = x.new_empty(b, rows, cols, weights.shape[0]).permute(0, 3, 1, 2)
-        write = torch.Tensor.copy_
-    else:
-        write = torch.Tensor.add_
+    buffer = padded.new_empty(chunk_images * chunk_rows * row_bytes // padded.element_size())
+    write = torch.Tensor.add_ if accumulate else torch.Tensor.copy_
     for b0 in range(0, b, chunk_images):
         for r0 in range(0, rows, chunk_rows):
             r1 = min(rows, r0 + chunk_rows)
             window = padded[b0 : b0 + chunk_images, stride * r0 : stride * (r1 - 1) + 3]
             products = _products_from_padded(window, r1 - r0, cols, stride, directions, buffer)
-            out = F.conv2d(products.flatten(3).permute(0, 3, 1, 2), pointwise)
-            write(accumulate[b0 : b0 + chunk_images, :, r0:r1], out)
-    return accumulate
+            chunk = F.conv2d(products.flatten(3).permute(0, 3, 1, 2), pointwise)
+            write(out[b0 : b0 + chunk_images, :, r0:r1], chunk)
+    return out
 
 
 def _tap_indices(directions: Sequence[Direction], kernel_size: int) -> list[int]:
@@ -284,9 +321,42 @@ def centre_modulated_conv2d(
         (B, C_out, ceil(H/s), ceil(W/s)).
     """
     directions = _check_directions(directions, "centre_modulated_conv2d")
-    taps = _footprint_taps(dynamic_weight, directions)
-    out = F.conv2d(x, weight, bias, stride, weight.shape[-1] // 2)
-    return _pssa(x, taps, stride, directions, accumulate=out)
+    return _centre_modulated(
+        x, weight, _footprint_taps(dynamic_weight, directions), bias, stride, directions
+    )
+
+
+def _centre_modulated(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    taps: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int,
+    directions: Sequence[Direction],
+) -> torch.Tensor:
+    """``centre_modulated_conv2d`` with the dynamic kernel already gathered on D (``taps``)."""
+    padding = weight.shape[-1] // 2
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    large = x.shape[-2] * x.shape[-1] >= _CHANNELS_LAST_MIN_PIXELS * stride * stride
+    if (
+        taps.shape[1] == 1
+        or not (channels_last or large)
+        or _wide_dtype(x) is not None
+        or not _chunked_inference(x, weight, taps)
+    ):
+        out = F.conv2d(x, weight, bias, stride, padding)
+        return _pssa(x, taps, stride, directions, accumulate=out)
+    # Eager CPU inference on larger maps: one channels-last zero-padded copy of x feeds both
+    # GEMMs; the conv's output is channels-last too, so the PSSA chunks add into contiguous
+    # slices.
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))
+    out = F.conv2d(padded.permute(0, 3, 1, 2), weight, bias, stride)
+    border = padding - 1  # the products need a one-pixel border only
+    inner = padded[:, border : padded.shape[1] - border, border : padded.shape[2] - border]
+    pointwise = taps.transpose(1, 2).reshape(taps.shape[0], -1, 1, 1)
+    _add_pssa_chunks_(out, inner, pointwise, stride, directions, True)
+    # Like nn.Conv2d, the output follows the input's memory format.
+    return out if channels_last else out.contiguous()
 
 
 def _footprint_taps(dynamic_weight: torch.Tensor, directions: Sequence[Direction]) -> torch.Tensor:
@@ -444,8 +514,8 @@ class CentreModulatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.in_channels, type(self).__name__)
-        out = F.conv2d(x, self.weight, self.bias, self.stride, self.kernel_size // 2)
-        return _pssa(x, self._footprint(), self.stride, self.directions, accumulate=out)
+        taps = self._footprint()
+        return _centre_modulated(x, self.weight, taps, self.bias, self.stride, self.directions)
 
     def _footprint(self) -> torch.Tensor:
         """``_footprint_taps`` of ``dynamic_weight``, cached while it does not change (inference).

@@ -44,8 +44,15 @@ def test_quick_mode_writes_json_markdown_and_plots(tmp_path):
     assert "global_attention" in scaling["exponents"]
     assert all(isinstance(v, float) for v in scaling["exponents"].values())
 
+    pairs = {(r["a"], r["b"]) for r in report["paired"]}
+    assert pairs == {("xvolution", "xvolution_deploy"), ("conv3x3", "xvolution_deploy")}
+    for row in report["paired"]:
+        assert row["rounds"] == 2 and len([row["a_forward"], row["b_forward"]]) == 2
+        assert row["ratio_q1"] <= row["ratio_median"] <= row["ratio_q3"]
+        assert 0 <= row["b_faster_rounds"] <= row["rounds"]
+
     assert len(report["targets"]) == 7
     assert all(t["status"] == "N/A" for t in report["targets"])  # quick mode does not judge
     md = (tmp_path / "ops.md").read_text()
-    assert "## Targets" in md and "Resolution scaling" in md
+    assert "## Targets" in md and "Resolution scaling" in md and "## Paired forward" in md
     assert {p.name for p in tmp_path.glob("ops_*.png")} == {"ops_scaling.png", "ops_stages.png"}

@@ -173,7 +173,7 @@ def test_eval_class_count_mismatch(tmp_path, capsys):
 
 def test_demo_quick(tmp_path, capsys):
     out = tmp_path / "demo"
-    models = ["resnet_nano", "xvolution_resnet_nano"]
+    models = ["resnet_nano", "xvolution_resnet_nano", "glnet_nano"]
     assert main(["demo", "--quick", "--out", str(out), "--models", *models]) == 0
     report = (out / "report.md").read_text()
     for name in models:
@@ -187,6 +187,11 @@ def test_demo_quick(tmp_path, capsys):
     assert rows["xvolution_resnet_nano (deploy)"] != rows["xvolution_resnet_nano"]  # params
     for png in ("accuracy.png", "latency.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # The slot maps of the trained glnet_nano (convattn.viz) are in the report.
+    slot_figure = "glnet_nano-slots-stages.1.blocks.0.png"
+    assert (out / slot_figure).read_bytes()[:4] == b"\x89PNG"
+    assert f"![GLMix slot maps of glnet_nano]({slot_figure})" in report
+    assert "## What GLMix learned" in report
     assert "deploy check" in capsys.readouterr().out
 
 

@@ -119,6 +119,40 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query(text: str) -> tuple[float, float]:
+    """``Y,X`` (input-image pixels) for ``convattn viz --query``."""
+    try:
+        y, x = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Y,X pixel coordinates, got {text!r}") from None
+    return y, x
+
+
+def _cmd_viz(args: argparse.Namespace) -> int:
+    from .viz import visualize
+
+    if args.model is None and args.checkpoint is None:
+        raise CliError("give --model NAME (or --checkpoint of ours, which names its model)")
+    if args.model is not None:
+        _check_model(args.model)
+    common = dict(checkpoint=args.checkpoint, out=args.out, seed=args.seed, deploy=args.deploy)
+    if args.what == "rates":
+        result = visualize("rates", args.model, **common)
+    else:
+        if args.image is None:
+            raise CliError(f"--what {args.what} needs an input image: give --image FILE")
+        options = dict(common, block=args.block, img_size=args.img_size)
+        if args.what == "slots":
+            options.update(mode=args.mode, representatives=args.representatives)
+        elif args.what == "attention":
+            options.update(queries=args.query)
+        result = visualize(args.what, args.model, args.image, **options)
+    print(result.caption.replace("\n", "\n  "))
+    for path in result.paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_arguments
     from .train import add_train_arguments
@@ -210,6 +244,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
+    viz = sub.add_parser(
+        "viz",
+        help="figures of what a hybrid learned: GLMix slots, attention maps, X-volution kernels, "
+        "ACmix rates",
+        description="Write a PNG of one layer of a model on an image: GLMix slot assignments "
+        "(slots), where query pixels attend in ACmix / Swin windows or global attention "
+        "(attention), X-volution's dynamic against static kernel per pixel (kernels), or ACmix's "
+        "learned rate1/rate2 of every layer (rates, no image). Without --checkpoint the model is "
+        "randomly initialised with --seed.",
+        formatter_class=formatter,
+    )
+    viz.add_argument("--model", metavar="NAME", help="registered model (default: our checkpoint's)")
+    viz.add_argument("--checkpoint", metavar="PATH", help="weights (ours or an official release)")
+    viz.add_argument("--image", metavar="FILE", help="input image (not needed for rates)")
+    viz.add_argument(
+        "--what",
+        choices=("slots", "attention", "kernels", "rates"),
+        default="slots",
+        help="what to show",
+    )
+    viz.add_argument(
+        "--block",
+        metavar="SPEC",
+        help="layer: a module path or an index among the matching layers (default: the middle)",
+    )
+    viz.add_argument("--out", default="runs/viz", metavar="DIR", help="output folder")
+    viz.add_argument(
+        "--mode",
+        choices=("dispatch", "clustering"),
+        default="dispatch",
+        help="slots: softmax over slots (dispatch) or over pixels (clustering)",
+    )
+    viz.add_argument(
+        "--representatives", type=int, default=4, metavar="K", help="slots: slots shown large"
+    )
+    viz.add_argument(
+        "--query",
+        type=_query,
+        action="append",
+        metavar="Y,X",
+        help="attention: a query pixel of the resized image (repeat; default: 4 spread points)",
+    )
+    viz.add_argument(
+        "--img-size", type=int, metavar="PX", help="input size (default: checkpoint's or model's)"
+    )
+    viz.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    viz.add_argument(
+        "--deploy", action="store_true", help="re-parameterise the model first (deploy form)"
+    )
+    viz.set_defaults(func=_cmd_viz)
     from .deploy.export import add_export_arguments
 
     export = sub.add_parser(

@@ -6,7 +6,9 @@ shared recipe on scikit-learn's digits (about 1,440 train / 360 val real images,
 32x32), re-parameterises the X-volution model into its single-dynamic-convolution deploy form and
 checks that it predicts the same, then writes ``runs/demo/report.md`` with a table (params, MACs,
 top-1, CPU latency, deploy check) and PNG plots (validation accuracy per epoch; latency against
-input size). ``--quick`` is a seconds-long smoke test of the same pipeline on tiny synthetic data.
+input size; the slot maps of the trained ``glnet_nano`` on a validation image, from
+:mod:`convattn.viz`). ``--quick`` is a seconds-long smoke test of the same pipeline on tiny
+synthetic data.
 
 :func:`run_operator_demo` (``convattn demo --operators``) prints every operator's output shape,
 parameters and MACs on a feature map and checks X-volution's re-parameterisation in isolation.
@@ -77,6 +79,7 @@ TIME_BUDGET_S = 300.0
 OPTIONAL_MODELS = ("acmix_swin_nano",)
 LATENCY_SIZES = (32, 64, 96, 128)
 XVOLUTION_MODEL = "xvolution_resnet_nano"
+SLOT_MODEL = "glnet_nano"  # the report shows its slot maps on one validation image
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -130,6 +133,29 @@ def _deploy_check(model: nn.Module, loader, normalise: nn.Module) -> dict[str, A
     }
 
 
+def _slot_figure(model: nn.Module, bundle, out: Path, data: str) -> dict[str, Any]:
+    """GLMix slot maps of the trained model on the first validation image (one PNG in ``out``)."""
+    from .viz import visualize_slots
+
+    image, label = bundle.val[0]
+    result = visualize_slots(
+        model,
+        image,
+        mean=bundle.mean,
+        std=bundle.std,
+        out=out,
+        weights_label=f"trained here ({SLOT_MODEL}/last.safetensors)",
+        image_label=f"{data} val image 0 (class {bundle.class_names[int(label)]})",
+    )
+    return {
+        "file": result.paths[0].name,
+        "block": result.block,
+        "slots": result.weights.shape[1],
+        "map": tuple(result.weights.shape[-2:]),
+        "representatives": result.representatives[0].tolist(),
+    }
+
+
 def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
@@ -180,6 +206,7 @@ def run_demo(
     histories: dict[str, list[dict]] = {}
     latency_curves: dict[str, dict[int, float]] = {}
     deploy: dict[str, Any] | None = None
+    slots: dict[str, Any] | None = None
     skipped: list[str] = []
     for name in names:
         elapsed = time.perf_counter() - t_start
@@ -211,6 +238,8 @@ def run_demo(
             "latency_ms": latency_curves[name][size],
             "deploy": "n/a",
         }
+        if name == SLOT_MODEL:
+            slots = _slot_figure(model, bundle, out, recipe["data"])
         if name == XVOLUTION_MODEL:
             deploy = _deploy_check(model, val_loader, normalise)
             row["deploy"] = "pass" if deploy["passed"] else "FAIL"
@@ -270,6 +299,7 @@ def run_demo(
         quick,
         (len(bundle.train), len(bundle.val)),
         machine,
+        slots,
     )
     (out / "report.md").write_text(report)
     print("\n" + _table(rows), flush=True)
@@ -303,6 +333,7 @@ def _report(
     quick: bool,
     sizes: tuple[int, int],
     machine: str,
+    slots: dict[str, Any] | None = None,
 ) -> str:
     n_train, n_val = sizes
     recipe_text = ", ".join(f"{k}={v}" for k, v in recipe.items())
@@ -345,6 +376,21 @@ def _report(
             f"agree on {deploy['agreement']:.1f}% of the images and the largest logit deviation is "
             f"{deploy['max_rel_dev']:.1e} of the largest logit: "
             f"**{'pass' if deploy['passed'] else 'FAIL'}**.",
+            "",
+        ]
+    if slots is not None:
+        h, w = slots["map"]
+        text += [
+            "## What GLMix learned",
+            "",
+            f"![GLMix slot maps of {SLOT_MODEL}]({slots['file']})",
+            "",
+            f"Slot assignments of the trained `{SLOT_MODEL}` in block `{slots['block']}` "
+            f"({h}x{w} map) on the first validation image: every pixel's softmax over the "
+            f"{slots['slots']} slots (dispatch weights, one map per slot), the arg-max slot of "
+            f"every pixel, and the representative slots {slots['representatives']} (k-medoids over "
+            "the maps) seen through their maps. Other blocks and images: `convattn viz --model "
+            f"{SLOT_MODEL} --checkpoint {SLOT_MODEL}/last.safetensors --image FILE --block SPEC`.",
             "",
         ]
     text += [

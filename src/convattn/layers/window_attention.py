@@ -84,7 +84,8 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift: int) -
     others 0.
 
     Args:
-        height, width: size of the (padded) map, multiples of ``window_size``.
+        height: height of the (padded) map, a multiple of ``window_size``.
+        width: width of the (padded) map, a multiple of ``window_size``.
         window_size: side w of the windows.
         shift: roll amount, 0 < shift < w.
 

@@ -52,7 +52,7 @@ def create_model(
         drop_path_rate: stochastic-depth rate of the deepest block.
         features_only: return a :class:`FeatureListNet` yielding multi-scale NCHW maps.
         out_indices: stages returned with ``features_only`` (default all four).
-        **kwargs: model-specific options (e.g. ``deploy=True``).
+        **kwargs (Any): model-specific options (e.g. ``deploy=True``).
     """
     entry = model_entrypoint(model_name)
     given = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)

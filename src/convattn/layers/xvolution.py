@@ -395,7 +395,7 @@ class PixelShiftAttention(nn.Module):
             ``in_channels == out_channels``.
         include_center: add the d = (0, 0) term X ⊙ X.
 
-    Parameters:
+    Attributes:
         weight: ``"full"``: (C_out, |D|·C_in, 1, 1), input channels direction-major (d·C_in + c);
             ``"depthwise"``: (C, 1, |D|). ``"none"`` keeps a constant all-ones buffer of that shape
             (not in the state dict).

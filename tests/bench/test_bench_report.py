@@ -172,3 +172,14 @@ def test_machine_warnings_flag_load_and_drift():
     assert "changed by 50%" in warnings[1]
     quiet = {**env, "load_average_start": [0.2]}
     assert machine_warnings(quiet, {"matmul_start": fast, "matmul_end": fast}, threads=2) == []
+
+
+def test_load_at_the_end_discounts_the_benchmarks_own_threads():
+    fast = {"matmul": {"float32": {"gmacs_per_s": 100.0}}}
+    machine = {"matmul_start": fast, "matmul_end": fast}
+    env = {"device": "cpu", "cpu_count": 2, "load_average_start": [0.2], "load_average_end": [1.9]}
+    assert machine_warnings(env, machine, threads=2) == []  # its own 2 threads
+    busy = {**env, "load_average_end": [3.5]}
+    (warning,) = machine_warnings(busy, machine, threads=2)
+    assert "at the end" in warning and "2 of it the benchmark's own threads" in warning
+    assert machine_warnings(env, machine, threads=1)  # 1.9 is more than one thread's worth

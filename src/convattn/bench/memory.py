@@ -4,9 +4,11 @@ On the CPU the peak resident set size (``VmHWM``) is reset to the current RSS th
 ``/proc/self/clear_refs`` just before the step, so the measured growth is the step's own transient
 memory (activations, workspace, gradients) on top of what already lives in the process (weights,
 input, optimiser state, thread pools). glibc would otherwise keep freed blocks in its heap and hide
-later peaks, so the benchmark worker lowers the mmap threshold (``MALLOC_MMAP_THRESHOLD_``, and
-:func:`return_freed_memory_to_os` for processes started without it). Run it in a fresh process per
-model so that nothing measured before pollutes the baseline.
+later peaks, so :func:`return_freed_memory_to_os` first gives the free heap back (``malloc_trim``)
+and lowers the mmap threshold, after which every large block is mapped when allocated and unmapped
+when freed. That makes allocation slow (fresh pages are faulted in at every step, 3-4x slower
+models were measured), so it is done only after all timing. Run it in a fresh process per model so
+that nothing measured before pollutes the baseline.
 """
 
 from __future__ import annotations
@@ -30,9 +32,15 @@ MMAP_THRESHOLD = 65536  # bytes; blocks above it are mmapped and unmapped again 
 
 
 def return_freed_memory_to_os(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Ask glibc to serve blocks above ``threshold`` bytes with mmap (True if it accepted)."""
+    """Release glibc's free heap and serve blocks above ``threshold`` bytes with mmap from now on.
+
+    For memory measurements only: it slows every later large allocation down. True if glibc
+    accepted.
+    """
     with contextlib.suppress(OSError, AttributeError):
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        return bool(libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
     return False
 
 

@@ -1,8 +1,9 @@
 """The model benchmark run: validate the request, run one fresh worker process per job, collect.
 
 Every measurement runs in its own ``python -m convattn.bench.worker`` process with the same intra-op
-thread count (also exported as ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) and glibc's mmap threshold
-lowered, so models do not disturb each other and the CPU peak-RSS baseline is clean. The dense
+thread count (also exported as ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``), so models do not disturb
+each other and the CPU peak-RSS baseline is clean (the worker times first with the default
+allocator, then measures memory with glibc's mmap threshold lowered). The dense
 matmul rate is measured by a worker at the start and at the end of the run (its drift shows how
 steady the machine was); each model's achieved MAC rate is reported as a fraction of the better of
 the two.
@@ -23,7 +24,6 @@ import torch
 
 from .catalog import build_model, default_img_size, in_chans
 from .machine import environment
-from .memory import MMAP_THRESHOLD
 from .worker import amp_dtype
 
 __all__ = [
@@ -184,7 +184,6 @@ def _worker_env(threads: int) -> dict[str, str]:
     env.update(
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
-        MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD),
     )
     src = str(Path(__file__).resolve().parents[2])  # so the worker imports this very package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)

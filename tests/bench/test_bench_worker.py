@@ -10,6 +10,7 @@ from torch import nn
 
 import convattn
 from convattn.bench import count_macs, deploy_form, environment, matmul_rate
+from convattn.bench.machine import matmul_as_conv1x1
 from convattn.bench.memory import peak_memory_mib
 from convattn.bench.timing import summarize, time_steps
 from convattn.bench.worker import amp_dtype, main, run_model_job
@@ -173,5 +174,15 @@ def test_matmul_rate_and_environment():
     rate = matmul_rate(64, repeats=3, warmup=1)
     assert rate["gflops_per_s"] == pytest.approx(2 * rate["gmacs_per_s"])
     assert rate["gmacs_per_s"] == pytest.approx(64**3 / (rate["median_ms"] / 1e3) / 1e9)
+    by_method = rate["gmacs_per_s_by_method"]
+    assert set(by_method) == {"mm", "conv1x1"} and rate["method"] in by_method
+    assert rate["gmacs_per_s"] == max(by_method.values())
     env = environment(threads=1)
     assert {"torch", "threads", "cpu_model", "date", "git", "device"} <= env.keys()
+
+
+def test_the_conv1x1_yardstick_computes_the_matmul():
+    a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    pixels, weight = matmul_as_conv1x1(a, b)
+    out = torch.nn.functional.conv2d(pixels, weight)
+    torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(5, 4), a @ b)

@@ -172,10 +172,15 @@ def render_markdown(report: dict) -> str:
             lines.append(f"- {key}: error: {entry['error']}")
             continue
         for dtype, rate in entry.get("matmul", {}).items():
+            method = rate.get("method", "mm")
+            others = ", ".join(
+                f"{m}: {r:.1f}" for m, r in rate.get("gmacs_per_s_by_method", {}).items()
+            )
             lines.append(
                 f"- {key.replace('matmul_', '')} of run: {rate['size']}x{rate['size']} {dtype} "
-                f"matmul, {rate['median_ms']:.2f} ms median -> {rate['gflops_per_s']:.1f} GFLOP/s "
-                f"= {rate['gmacs_per_s']:.1f} GMAC/s"
+                f"matmul as {method}, {rate['median_ms']:.2f} ms median -> "
+                f"{rate['gflops_per_s']:.1f} GFLOP/s = {rate['gmacs_per_s']:.1f} GMAC/s"
+                + (f" (GMAC/s by method: {others})" if others else "")
             )
     peaks = ", ".join(f"{d}: {v:.1f} GMAC/s" for d, v in machine.get("peak", {}).items())
     lines += [f"- peak used (best of both): {peaks or 'n/a'}", ""]

@@ -261,11 +261,42 @@ def test_failed_verification_leaves_no_file_and_keeps_the_old_one(tmp_path, monk
         (dict(img_size=0), "'img_size'"),
         (dict(batch_size=0), "'batch_size'"),
         (dict(rtol=0.0), "'rtol'"),
+        (dict(dtype=torch.int8), "'dtype'"),
+        (dict(dtype=torch.bfloat16), "no bfloat16 convolution"),
     ],
 )
 def test_invalid_arguments(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         export_model(nn.Conv2d(3, 3, 1), tmp_path / "m.onnx", **kwargs)
+    assert _files(tmp_path) == []
+
+
+# --- half precision -------------------------------------------------------------------------------------
+
+HALF_CASES = [
+    ("xvolution_resnet_nano", "onnx", torch.float16),
+    ("acmix_swin_nano", "pt2", torch.bfloat16),
+] + [
+    pytest.param(name, fmt, dtype, marks=pytest.mark.slow)
+    for name in ("resnet_nano", "acmix_resnet_nano", "acmix_swin_nano", "glnet_nano")
+    for fmt, dtype in (("onnx", torch.float16), ("pt2", torch.bfloat16))
+    if (name, fmt) != ("acmix_swin_nano", "pt2")
+]
+
+
+@pytest.mark.parametrize("name,fmt,dtype", HALF_CASES)
+def test_half_precision_export_is_verified_against_float32(name, fmt, dtype, tmp_path):
+    """float16 ONNX runs in onnxruntime's CPU provider; bfloat16 only as a pt2 program."""
+    path = tmp_path / f"m.{fmt}"
+    result = export_model(_model(name), path, fmt, img_size=32, dtype=dtype, dynamic_batch=True)
+    assert result.dtype == str(dtype).removeprefix("torch.")
+    # Measured on the nano models: ~1e-3 in float16, ~1e-2 in bfloat16 (8 significant bits).
+    assert 0 < result.max_deviation < (5e-3 if dtype == torch.float16 else 3e-2)
+    if fmt == "pt2":
+        program = torch.export.load(str(path))
+        (user_input,) = program.graph_signature.user_inputs
+        node = next(n for n in program.graph.nodes if n.name == user_input)
+        assert node.meta["val"].dtype == dtype
 
 
 def test_export_does_not_modify_the_model(tmp_path):
@@ -298,6 +329,18 @@ def test_export_command_reads_our_checkpoint(tmp_path, capsys):
     x = torch.randn(3, 3, 24, 20)
     with torch.no_grad():
         torch.testing.assert_close(module(x), deployed.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_export_command_half_precision(tmp_path, capsys):
+    parser = add_export_arguments(argparse.ArgumentParser())
+    out = tmp_path / "h.onnx"
+    args = ["--model", "resnet_nano", "--out", str(out), "--img-size", "16", "--dtype", "float16"]
+    assert export_command(parser.parse_args(args)) == 0
+    assert "(onnx, float16," in capsys.readouterr().out
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
 
 
 def test_export_command_errors(tmp_path):

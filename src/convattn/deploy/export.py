@@ -42,6 +42,7 @@ from .._io import atomic_write
 from .reparam import reparameterize_model
 
 __all__ = [
+    "DEFAULT_RTOL",
     "FORMATS",
     "ExportError",
     "ExportResult",
@@ -81,6 +82,7 @@ class ExportResult:
         ranges: valid range ``(min, max)`` of each dynamic dimension (``max`` None = unbounded),
             as torch.export derived it.
         seconds: wall time of the whole export.
+        dtype: weights and input dtype of the file.
     """
 
     path: Path
@@ -93,6 +95,7 @@ class ExportResult:
     checks: list[tuple[tuple[int, ...], float]] = field(default_factory=list)
     ranges: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     seconds: float = 0.0
+    dtype: str = "float32"
 
     def summary(self) -> str:
         """One line for a log or the command line."""
@@ -101,8 +104,9 @@ class ExportResult:
         what = f"dynamic {' and '.join(dims)}" if dims else "static shape"
         runtime = "onnxruntime" if self.format == "onnx" else "torch.export.load"
         return (
-            f"wrote {self.path} ({self.format}, input {shape}, {what}): {runtime} reproduces the "
-            f"model to {self.max_deviation:.1e} of the output scale over {len(self.checks)} "
+            f"wrote {self.path} ({self.format}, {self.dtype}, input {shape}, {what}): {runtime} "
+            f"reproduces the float32 model to {self.max_deviation:.1e} of the output scale over "
+            f"{len(self.checks)} "
             f"input(s) in {self.seconds:.1f} s"
         )
 
@@ -243,6 +247,14 @@ def dynamic_size_blockers(model: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
+DEFAULT_RTOL: dict[torch.dtype, float] = {
+    torch.float32: 1e-4,
+    torch.float16: 1e-2,
+    torch.bfloat16: 5e-2,
+}
+"""Default accepted deviation (relative to the output scale) of an exported file, per dtype."""
+
+
 def export_model(
     model: nn.Module,
     path: str | Path,
@@ -253,8 +265,9 @@ def export_model(
     deploy: bool = True,
     *,
     batch_size: int = 1,
-    rtol: float = 1e-4,
+    rtol: float | None = None,
     opset: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> ExportResult:
     """Export ``model`` (re-parameterised by default) and verify the file in its runtime.
 
@@ -274,8 +287,13 @@ def export_model(
             :func:`dynamic_size_blockers`).
         deploy: export the :func:`~convattn.deploy.reparameterize_model` form.
         batch_size: batch of the traced input when the batch is static.
-        rtol: largest accepted deviation, relative to the output scale ``max|output|``.
+        rtol: largest accepted deviation, relative to the output scale ``max|output|``; default
+            ``DEFAULT_RTOL[dtype]`` (1e-4 in float32, 1e-2 in float16, 5e-2 in bfloat16: a half
+            type keeps 11 or 8 significant bits, and the rounding grows through a network).
         opset: ONNX opset (default: the exporter's).
+        dtype: weights and input dtype of the file: float32, float16, or bfloat16 (``"pt2"``
+            only: onnxruntime's CPU provider has no bfloat16 convolution). The deviation is
+            measured against ``model`` in float32.
 
     Returns:
         :class:`ExportResult` with the deviations measured in the runtime.
@@ -289,6 +307,15 @@ def export_model(
         raise ValueError(f"export_model: 'format' must be one of {FORMATS}, got {format!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"export_model: 'batch_size' must be a positive int, got {batch_size!r}")
+    if dtype not in DEFAULT_RTOL:
+        names = ", ".join(str(d).removeprefix("torch.") for d in DEFAULT_RTOL)
+        raise ValueError(f"export_model: 'dtype' must be one of {names}, got {dtype!r}")
+    if format == "onnx" and dtype == torch.bfloat16:
+        raise ValueError(
+            "export_model: onnxruntime's CPU provider has no bfloat16 convolution, so a bfloat16 "
+            "ONNX file cannot be verified; export bfloat16 as format='pt2', or float16 as ONNX"
+        )
+    rtol = DEFAULT_RTOL[dtype] if rtol is None else rtol
     if not rtol > 0:
         raise ValueError(f"export_model: 'rtol' must be positive, got {rtol!r}")
     height, width = _resolve_img_size(model, img_size)
@@ -300,24 +327,27 @@ def export_model(
         )
 
     exported = reparameterize_model(model) if deploy else copy.deepcopy(model)
-    exported.eval()
+    exported.eval().to(dtype)
     batch = 2 if dynamic_batch else batch_size  # batch 1 would be specialised (0/1 rule)
     in_chans = int(getattr(model, "in_chans", 3))
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(batch, in_chans, height, width, generator=generator)
+    example = torch.randn(batch, in_chans, height, width, generator=generator).to(dtype)
 
     program = _trace(exported, example, dynamic_batch, dynamic_size, name, format)
     ranges = _dynamic_ranges(program, dynamic_batch, dynamic_size, name)
 
     inputs = [example]
     if dynamic_batch:
-        inputs += [example[:1], torch.randn(3, *example.shape[1:], generator=generator)]
+        inputs += [example[:1], torch.randn(3, *example.shape[1:], generator=generator).to(dtype)]
     if dynamic_size:
         min_h, min_w = ranges["height"][0], ranges["width"][0]
         size = (max(height + _SIZE_GROWTH[0], min_h), max(width + _SIZE_GROWTH[1], min_w))
-        inputs.append(torch.randn(example.shape[0], in_chans, *size, generator=generator))
+        extra = torch.randn(example.shape[0], in_chans, *size, generator=generator)
+        inputs.append(extra.to(dtype))
     with _eval_mode(model), torch.no_grad():
-        expected = [_as_list(model(x)) for x in inputs]
+        # The reference is the given model in float32, on the same (rounded) inputs.
+        reference = model if dtype == torch.float32 else copy.deepcopy(model).float()
+        expected = [_as_list(reference(x.float())) for x in inputs]
         eager = [_as_list(exported(x)) for x in inputs]
 
     report: dict = {}
@@ -345,6 +375,7 @@ def export_model(
         checks=report["checks"],
         ranges=ranges,
         seconds=time.perf_counter() - start,
+        dtype=str(dtype).removeprefix("torch."),
     )
 
 
@@ -546,8 +577,9 @@ def _deviation(actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor])
     for a, e in zip(actual, expected):
         if a.shape != e.shape:
             return math.inf
+        a, e = a.double(), e.double()  # half outputs: measure the deviation exactly
         scale = e.abs().max().clamp_min(1e-12)
-        worst = max(worst, float((a.to(e.dtype) - e).abs().max() / scale))
+        worst = max(worst, float((a - e).abs().max() / scale))
     return worst if math.isfinite(worst) else math.inf
 
 
@@ -614,7 +646,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs")
     parser.add_argument("--in-chans", type=int, metavar="N", help="input channels")
     parser.add_argument(
-        "--rtol", type=float, default=1e-4, help="accepted deviation / output scale"
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="weights and input dtype (bfloat16: pt2 only)",
+    )
+    parser.add_argument(
+        "--rtol",
+        type=float,
+        default=None,
+        help="accepted deviation / output scale (default 1e-4; float16 1e-2; bfloat16 5e-2)",
     )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     return parser
@@ -658,6 +699,7 @@ def export_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         rtol=args.rtol,
         opset=args.opset,
+        dtype=getattr(torch, args.dtype),
     )
     print(result.summary())
     if result.ranges:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+OFFICIAL_KEYS = Path(__file__).resolve().parent / "official_keys"
+"""Key -> shape maps of the official ACmix and GLNet models (see official_keys/README.md)."""
 
 
 @torch.no_grad()

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +28,9 @@ from convattn.layers.acmix import (
 )
 from convattn.layers.window_attention import shifted_window_mask
 
-KEYS = Path(__file__).resolve().parents[3] / "shared" / "keys"
+from helpers import OFFICIAL_KEYS
+
+KEYS = OFFICIAL_KEYS
 
 
 @pytest.fixture(autouse=True)
@@ -145,8 +146,6 @@ def test_reflect_index_is_numpy_reflect(size, pad):
 )
 def test_official_key_map_loads_strictly(name, args):
     path = KEYS / name
-    if not path.exists():
-        pytest.skip(f"{path} not available")
     shapes = json.loads(path.read_text())["keys"]
     g = torch.Generator().manual_seed(0)
     sd = {k: torch.randn(s, generator=g) * 0.1 for k, s in shapes.items()}
@@ -436,8 +435,6 @@ def test_window_variant_keys_match_official_swin_tiny():
     }
     ours = {renames.get(k, k): tuple(v.shape) for k, v in m.state_dict().items()}
     path = KEYS / "acmix_swin_tiny.json"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
     keys = json.loads(path.read_text())["keys"]
     prefix = "layers.0.blocks.1.attn."
     official = {k[len(prefix) :]: tuple(s) for k, s in keys.items() if k.startswith(prefix)}

@@ -3,7 +3,6 @@
 import itertools
 import json
 import math
-from pathlib import Path
 
 import pytest
 import ref_glmix as ref
@@ -15,7 +14,9 @@ from torch import nn
 from convattn.bench import count_macs
 from convattn.layers.glmix import GLMix, GLMixBlock
 
-KEYS_DIR = Path(__file__).resolve().parents[3] / "shared" / "keys"
+from helpers import OFFICIAL_KEYS
+
+KEYS_DIR = OFFICIAL_KEYS
 SIZES = [(5, 7), (8, 8), (14, 14), (1, 1), (3, 2)]
 
 
@@ -38,50 +39,12 @@ def official_block_keys(model: str) -> dict[str, list[int]]:
     return {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
 
 
-def _stl_keys(dim: int, hidden: int) -> dict[str, list[int]]:
-    return {
-        "slot_scale": [],
-        "norm1.weight": [dim],
-        "norm1.bias": [dim],
-        "relation_mha.in_proj_weight": [3 * dim, dim],
-        "relation_mha.in_proj_bias": [3 * dim],
-        "relation_mha.out_proj.weight": [dim, dim],
-        "relation_mha.out_proj.bias": [dim],
-        "feature_conv.0.weight": [dim, dim, 1, 1],
-        "feature_conv.0.bias": [dim],
-        "feature_conv.1.weight": [dim, 1, 5, 5],
-        "feature_conv.1.bias": [dim],
-        "feature_conv.2.weight": [dim, dim, 1, 1],
-        "feature_conv.2.bias": [dim],
-        "norm2.weight": [dim],
-        "norm2.bias": [dim],
-        "mlp.0.weight": [hidden, dim, 1, 1],
-        "mlp.0.bias": [hidden],
-        "mlp.3.weight": [dim, hidden, 1, 1],
-        "mlp.3.bias": [dim],
-    }
-
-
-# The stage-1 block keys of the official models (shared/keys/glnet_*.json), kept here so the test
-# runs without shared/; when shared/ is present the test also checks them against the JSON files.
+# Constructor options of the first stage-1 block of each official model (its keys and shapes are
+# read from official_keys/glnet_*.json).
 OFFICIAL_STAGE1 = {
-    "glnet_4g": (
-        {"mlp_ratio": 3, "cpe_kernel": 3, "mlp_dw": True},
-        64,
-        {
-            **_stl_keys(64, 192),
-            "pos_conv.weight": [64, 1, 3, 3],
-            "pos_conv.bias": [64],
-            "mlp.1.weight": [192, 1, 3, 3],
-            "mlp.1.bias": [192],
-        },
-    ),
-    "glnet_stl": ({"mlp_ratio": 4}, 96, _stl_keys(96, 384)),
-    "glnet_stl_paramslot": (
-        {"mlp_ratio": 4, "slot_init": "param"},
-        96,
-        {**_stl_keys(96, 384), "init_slots": [1, 64, 96]},
-    ),
+    "glnet_4g": ({"mlp_ratio": 3, "cpe_kernel": 3, "mlp_dw": True}, 64),
+    "glnet_stl": ({"mlp_ratio": 4}, 96),
+    "glnet_stl_paramslot": ({"mlp_ratio": 4, "slot_init": "param"}, 96),
 }
 
 
@@ -222,9 +185,8 @@ def test_output_keeps_input_memory_format(cls):
 
 @pytest.mark.parametrize("model", sorted(OFFICIAL_STAGE1))
 def test_state_dict_matches_official_keys_and_loads(model):
-    options, dim, expected_keys = OFFICIAL_STAGE1[model]
-    if KEYS_DIR.is_dir():
-        assert official_block_keys(model) == expected_keys
+    options, dim = OFFICIAL_STAGE1[model]
+    expected_keys = official_block_keys(model)
     block = GLMixBlock(dim, **options)
     assert block.num_heads == dim // 32
     assert {k: list(v.shape) for k, v in block.state_dict().items()} == expected_keys
@@ -242,8 +204,8 @@ def test_layerscale_keys_and_mixer_keys():
     assert state["ls1.gamma"].shape == state["ls2.gamma"].shape == (1, 64, 1, 1)
     assert torch.all(state["ls1.gamma"] == 1e-4)
     # With in == out and stride 1 the mixer holds exactly the official mixer parameters.
-    mixer_keys = {k for k in _stl_keys(64, 1) if k.split(".")[0] in ("slot_scale", "relation_mha")}
-    mixer_keys |= {k for k in _stl_keys(64, 1) if k.startswith("feature_conv")}
+    mixer_parts = ("slot_scale", "relation_mha", "feature_conv")
+    mixer_keys = {k for k in official_block_keys("glnet_stl") if k.split(".")[0] in mixer_parts}
     assert set(GLMix(64).state_dict()) == mixer_keys
     assert "proj.weight" in GLMix(64, 32).state_dict()
 

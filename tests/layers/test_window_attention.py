@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,9 @@ from convattn.layers.window_attention import (
     window_reverse,
 )
 
-SWIN_TINY_KEYS = Path(__file__).resolve().parents[3] / "shared" / "keys" / "acmix_swin_tiny.json"
+from helpers import OFFICIAL_KEYS
+
+SWIN_TINY_KEYS = OFFICIAL_KEYS / "acmix_swin_tiny.json"
 
 
 @pytest.fixture(autouse=True)
@@ -117,10 +118,9 @@ def test_keys_match_official_swin():
         "proj.bias": (96,),
     }
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == expected
-    if SWIN_TINY_KEYS.exists():
-        official = json.loads(SWIN_TINY_KEYS.read_text())["keys"]
-        for key, shape in expected.items():
-            assert tuple(official[f"layers.0.blocks.0.attn.{key}"]) == shape
+    official = json.loads(SWIN_TINY_KEYS.read_text())["keys"]
+    for key, shape in expected.items():
+        assert tuple(official[f"layers.0.blocks.0.attn.{key}"]) == shape
 
 
 def test_macs_include_attention_products():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +18,9 @@ import convattn.models.glnet
 from convattn.bench import count_macs, count_params
 from convattn.models.glnet import GLNet
 
-from helpers import assert_close_scaled, randomize_bn
+from helpers import OFFICIAL_KEYS, assert_close_scaled, randomize_bn
 
-KEYS_DIR = Path(__file__).resolve().parents[3] / "shared" / "keys"
-needs_keys = pytest.mark.skipif(not KEYS_DIR.is_dir(), reason="official key maps not available")
+KEYS_DIR = OFFICIAL_KEYS
 OFFICIAL = ["glnet_4g", "glnet_9g", "glnet_16g", "glnet_stl", "glnet_stl_paramslot"]
 
 # glnet_summary.json (official code instantiated): params, state-dict keys, buffer elements, GMACs
@@ -318,7 +316,6 @@ def test_param_count_keys_and_buffers_match_official(name):
     assert sum(b.numel() for b in model.buffers()) == buffer_elems
 
 
-@needs_keys
 @pytest.mark.parametrize("name", ["glnet_4g", "glnet_stl", "glnet_stl_paramslot"])
 def test_state_dict_equals_official_key_map(name):
     with torch.device("meta"):
@@ -394,17 +391,14 @@ def test_initialisation_follows_official():
 
 
 # --- official-layout loading vs the literal reference ---------------------------------------------
-@needs_keys
 def test_glnet_4g_official_layout_matches_reference(tmp_path):
     check_against_reference("glnet_4g", tmp_path, (48, 48), batch=1)
 
 
-@needs_keys
 def test_glnet_stl_official_layout_matches_reference(tmp_path):
     check_against_reference("glnet_stl", tmp_path, (64, 64), batch=1)
 
 
-@needs_keys
 def test_glnet_stl_paramslot_official_layout_matches_reference_odd_size(tmp_path):
     check_against_reference("glnet_stl_paramslot", tmp_path, (71, 45), batch=1)
 

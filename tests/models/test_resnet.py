@@ -16,9 +16,9 @@ from convattn.layers import ACmix
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "layers"))
 from ref_acmix import acmix_reference
 
-from helpers import assert_close_scaled
+from helpers import OFFICIAL_KEYS, assert_close_scaled
 
-KEYS = Path(__file__).resolve().parents[2].parent / "shared" / "keys"
+KEYS = OFFICIAL_KEYS
 
 # Exact counts: torchvision for the plain ResNets, the official ACmix key maps' _meta for ACmix.
 EXACT_PARAMS = {

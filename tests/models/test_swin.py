@@ -23,7 +23,9 @@ from convattn.models.swin import (
     checkpoint_filter_fn,
 )
 
-KEYS = Path(__file__).resolve().parents[3] / "shared" / "keys"
+from helpers import OFFICIAL_KEYS
+
+KEYS = OFFICIAL_KEYS
 ACMIX_KEYS = ("attn.rate1", "attn.rate2", "attn.fc.weight", "attn.fc.bias", "attn.dep_conv.weight")
 BUFFERS = ("relative_position_index", "attn_mask")
 

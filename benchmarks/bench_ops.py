@@ -23,16 +23,10 @@ Outputs: ``benchmarks/results/ops.json``, ``ops.md`` and ``ops_*.png`` (``--out`
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import datetime
-import gc
 import importlib
 import json
-import math
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,6 +39,10 @@ import torch
 from torch import nn
 
 from convattn.bench import count_macs, count_params
+from convattn.bench.machine import environment as machine_environment
+from convattn.bench.memory import MMAP_THRESHOLD, peak_memory_mib, return_freed_memory_to_os
+from convattn.bench.report import fit_exponent
+from convattn.bench.timing import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 REF_DIR = ROOT / "tests" / "layers"
@@ -52,7 +50,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 if str(REF_DIR) not in sys.path:
     sys.path.insert(0, str(REF_DIR))  # the literal references live next to the tests
 
-MMAP_THRESHOLD = 65536
 STAGE_SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 SCALING_CHANNELS, SCALING_SIZES = 128, [14, 28, 56, 112]
 QUICK_STAGE_SHAPES, QUICK_SCALING_CHANNELS, QUICK_SCALING_SIZES = [(32, 4)], 32, [4, 8]
@@ -276,19 +273,6 @@ def runner(module: nn.Module, x: torch.Tensor, mode: str, keep: dict | None = No
     return run
 
 
-def summarize(samples_s: list[float]) -> dict:
-    ms = sorted(t * 1e3 for t in samples_s)
-    q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
-    return {
-        "median_ms": statistics.median(ms),
-        "min_ms": ms[0],
-        "max_ms": ms[-1],
-        "q1_ms": q[0],
-        "q3_ms": q[2],
-        "repeats": len(ms),
-    }
-
-
 def time_it(run: Callable, warmup: int, repeats: int, budget_s: float) -> dict:
     """Warm up, then time up to ``repeats`` calls within about ``budget_s`` (at least one).
 
@@ -317,32 +301,9 @@ def time_it(run: Callable, warmup: int, repeats: int, budget_s: float) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def _limit_malloc() -> None:
-    # M_MMAP_THRESHOLD = -3: big blocks are mmapped and returned to the OS when freed.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)
-
-
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
-
-
 def _memory_child(conn, name: str, channels: int, size: int, batch: int, mode: str, threads: int):
     try:
-        _limit_malloc()
+        return_freed_memory_to_os()
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         module = build(name, channels, mode)
@@ -350,18 +311,7 @@ def _memory_child(conn, name: str, channels: int, size: int, batch: int, mode: s
         runner(module, torch.randn(batch, channels, 8, 8), mode)()
         module.zero_grad(set_to_none=True)
         x = torch.randn(batch, channels, size, size)
-        run = runner(module, x, mode)
-        gc.collect()
-        base = _status_kib("VmRSS")
-        if _reset_peak():
-            run()
-            peak = _status_kib("VmHWM")
-        else:  # fallback: lifetime peak (over-estimates nothing, may under-count)
-            import resource
-
-            run()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        conn.send(("ok", max(0, peak - base) / 1024.0))
+        conn.send(("ok", peak_memory_mib(runner(module, x, mode), "cpu")["peak_memory_mib"]))
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"[:300]))
     finally:
@@ -422,30 +372,12 @@ class Config:
     names: list[str] = field(default_factory=list)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def environment(threads: int) -> dict:
+    """``convattn.bench.environment`` plus this benchmark's fixed settings."""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": threads,
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "platform": platform.platform(),
+        **machine_environment(threads),
         "dtype": "float32",
         "memory_format": "contiguous (NCHW)",
-        "load_average_start": list(os.getloadavg()),
     }
 
 
@@ -547,6 +479,11 @@ def paired_rows(cfg: Config, usable: list[str], log: Callable) -> list[dict]:
                     runs[name]()
                     times[name].append(time.perf_counter() - start)
             ratios = [b / a for a, b in zip(times[a_name], times[b_name], strict=True)]
+            quartiles = (
+                statistics.quantiles(ratios, n=4, method="inclusive")
+                if len(ratios) > 1
+                else ratios * 3
+            )
             row = {
                 "a": a_name,
                 "b": b_name,
@@ -557,8 +494,8 @@ def paired_rows(cfg: Config, usable: list[str], log: Callable) -> list[dict]:
                 "a_forward": summarize(times[a_name]),
                 "b_forward": summarize(times[b_name]),
                 "ratio_median": statistics.median(ratios),
-                "ratio_q1": statistics.quantiles(ratios, n=4)[0] if len(ratios) > 1 else ratios[0],
-                "ratio_q3": statistics.quantiles(ratios, n=4)[2] if len(ratios) > 1 else ratios[0],
+                "ratio_q1": quartiles[0],
+                "ratio_q3": quartiles[2],
                 "b_faster_rounds": sum(r < 1 for r in ratios),
             }
             rows.append(row)
@@ -576,14 +513,6 @@ def _row_line(row: dict) -> str:
         f"  {row['op']:<22} {row['channels']:>4}ch@{row['size']:<3} fwd "
         f"{row['forward']['median_ms']:9.2f} ms  fwd+bwd {fb_text}"
     )
-
-
-def fit_exponent(pixels: list[int], times_ms: list[float]) -> float:
-    """Least-squares slope of log(time) against log(pixels)."""
-    lx = [math.log(p) for p in pixels]
-    ly = [math.log(t) for t in times_ms]
-    mx, my = statistics.fmean(lx), statistics.fmean(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
 def scaling_rows(cfg: Config, usable: list[str], log: Callable) -> dict:

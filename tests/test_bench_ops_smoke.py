@@ -47,7 +47,9 @@ def test_quick_mode_writes_json_markdown_and_plots(tmp_path):
     pairs = {(r["a"], r["b"]) for r in report["paired"]}
     assert pairs == {("xvolution", "xvolution_deploy"), ("conv3x3", "xvolution_deploy")}
     for row in report["paired"]:
-        assert row["rounds"] == 2 and len([row["a_forward"], row["b_forward"]]) == 2
+        assert row["rounds"] == 2
+        assert row["a_forward"]["repeats"] == row["b_forward"]["repeats"] == 2
+        assert row["a_forward"].keys() >= STATS and row["b_forward"].keys() >= STATS
         assert row["ratio_q1"] <= row["ratio_median"] <= row["ratio_q3"]
         assert 0 <= row["b_faster_rounds"] <= row["rounds"]
 

@@ -76,7 +76,6 @@ def environment(threads: int, device: str = "cpu") -> dict[str, object]:
     return env
 
 
-@torch.inference_mode()
 def matmul_as_conv1x1(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Operands of ``conv2d(pixels, weight)`` computing ``a @ b`` (rows of ``a`` as the pixels of a
     channels-last 1 x M map, its columns as channels); the output, permuted to NHWC, is ``a @ b``.
@@ -86,6 +85,7 @@ def matmul_as_conv1x1(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, t
     return pixels, b.t().contiguous().view(b.shape[1], k, 1, 1)
 
 
+@torch.inference_mode()
 def matmul_rate(
     size: int = 2048,
     device: str = "cpu",
@@ -115,10 +115,7 @@ def matmul_rate(
     candidates = {"mm": time_steps(lambda: torch.mm(a, b, out=out), warmup, repeats, sync)}
     if torch.device(device).type == "cpu":
         pixels, weight = matmul_as_conv1x1(a, b)
-        with torch.inference_mode():
-            candidates["conv1x1"] = time_steps(
-                lambda: F.conv2d(pixels, weight), warmup, repeats, sync
-            )
+        candidates["conv1x1"] = time_steps(lambda: F.conv2d(pixels, weight), warmup, repeats, sync)
     rates = {name: macs / (st["median_ms"] / 1e3) / 1e9 for name, st in candidates.items()}
     best = max(rates, key=rates.get)
     return {

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "make_cfg", "stochastic_depth_rates"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "init_linear_and_layernorm",
+    "make_cfg",
+    "stochastic_depth_rates",
+]
 
 
 def make_cfg(**kwargs) -> dict:
@@ -36,3 +44,16 @@ def stochastic_depth_rates(drop_path_rate: float, depths: list[int] | tuple[int,
         out.append(rates[start : start + d])
         start += d
     return out
+
+
+def init_linear_and_layernorm(m: nn.Module) -> None:
+    """The Swin / GLNet official init (``model.apply``): every Linear, attention projections
+    included, trunc-normal(0.02) with zero bias; LayerNorm 1 / 0; convolutions keep their own
+    init (ACmix's ``dep_conv`` stays a shift)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

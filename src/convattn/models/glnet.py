@@ -53,7 +53,7 @@ from ..layers import DropPath, LayerNorm2d, MultiheadSelfAttention
 from ..layers._checks import check_choice, check_feature_map, check_positive_int
 from ..layers.glmix import GLMixBlock, _ResidualDepthwiseConv
 from ._features import resolve_out_indices
-from ._helpers import make_cfg, stochastic_depth_rates
+from ._helpers import init_linear_and_layernorm, make_cfg, stochastic_depth_rates
 from ._registry import register_model
 
 __all__ = ["GLNet", "GLNetStage", "LayerScale", "MHSABlock", "MHSANCHWBlock", "conv_mlp"]
@@ -428,19 +428,7 @@ class GLNet(nn.Module):
         self.head: nn.Module = (
             nn.Linear(widths[-1], num_classes) if num_classes > 0 else nn.Identity()
         )
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # The official scheme: Linear layers (attention output projections included) trunc-normal
-        # 0.02 with zero bias; convs and the packed Q/K/V projections keep their default init.
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_layernorm)
 
     # --- timm-style API ---------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
@@ -450,7 +438,7 @@ class GLNet(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            self._init_weights(self.head)
+            init_linear_and_layernorm(self.head)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.min_input_size, self.min_input_size)

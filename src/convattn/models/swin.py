@@ -62,7 +62,7 @@ from ..layers.window_attention import (
     window_reverse,
 )
 from ._features import resolve_out_indices
-from ._helpers import make_cfg, stochastic_depth_rates
+from ._helpers import init_linear_and_layernorm, make_cfg, stochastic_depth_rates
 from ._registry import register_model
 
 __all__ = [
@@ -454,19 +454,7 @@ class SwinTransformer(nn.Module):
         self.head: nn.Module = (
             nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         )
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Official scheme: every Linear (attention ones included) trunc-normal(0.02) with zero bias,
-        # LayerNorm 1/0; convolutions keep their own init (ACmix's dep_conv stays a shift).
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_layernorm)
 
     # --- timm-style API ---------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
@@ -476,7 +464,7 @@ class SwinTransformer(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            self._init_weights(self.head)
+            init_linear_and_layernorm(self.head)
 
     def no_weight_decay_keywords(self) -> set[str]:
         """Parameter-name fragments the official recipe exempts from weight decay."""

@@ -202,9 +202,7 @@ def _chunked_inference(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     """
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return False
-    return not (
-        torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights) if t is not None)
-    )
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights)))
 
 
 def _add_pssa_chunks_(

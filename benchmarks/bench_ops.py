@@ -928,7 +928,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="output folder (default benchmarks/results; with --quick a temporary folder)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.paired_rounds is not None and args.paired_rounds < 1:
+        p.error(f"--paired-rounds must be at least 1, got {args.paired_rounds}")
+    return args
 
 
 def write_outputs(report: dict, out: Path, with_plots: bool) -> None:

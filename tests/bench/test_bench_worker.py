@@ -186,3 +186,9 @@ def test_the_conv1x1_yardstick_computes_the_matmul():
     pixels, weight = matmul_as_conv1x1(a, b)
     out = torch.nn.functional.conv2d(pixels, weight)
     torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(5, 4), a @ b)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_matmul_rate_rejects_a_bad_size(size):
+    with pytest.raises(ValueError, match="'size' must be a positive int"):
+        matmul_rate(size)

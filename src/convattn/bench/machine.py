@@ -107,6 +107,8 @@ def matmul_rate(
         warmup: discarded calls.
         repeats: timed calls.
     """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"matmul_rate: 'size' must be a positive int, got {size!r}")
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)

@@ -20,7 +20,6 @@ import convattn
 from convattn.deploy import export as export_mod
 from convattn.deploy import export_command, export_model, reparameterize_model
 from convattn.deploy.export import ExportError, add_export_arguments, dynamic_size_blockers
-from convattn.layers import acmix
 from convattn.models import save_model
 
 ALL = convattn.list_models()
@@ -45,46 +44,11 @@ def _files(folder) -> list[str]:
 # --- lowerings ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernel,stride,size", [(3, 1, (5, 6)), (7, 1, (9, 8)), (3, 2, (7, 9))])
-def test_window_operator_lowerings_match_the_operators(kernel, stride, size):
-    h, w = size
-    n, c = 3, 4
-    layout = acmix.WindowLayout.of(h, w, kernel, stride)
-    bank = acmix.window_bank(torch.randn(n, c, h, w, dtype=torch.float64), kernel, stride)
-    length = layout.out_h * layout.row_length
-    query = torch.randn(n, c, length, dtype=torch.float64)
-    weights = torch.randn(n, kernel * kernel, length, dtype=torch.float64)
-    args = (kernel, stride, layout.row_length, layout.out_w)
-    torch.testing.assert_close(
-        export_mod._window_dot_aten(query, bank, *args), acmix.window_dot(query, bank, *args)
-    )
-    torch.testing.assert_close(
-        export_mod._window_mix_aten(weights, bank, *args), acmix.window_mix(weights, bank, *args)
-    )
-
-
 @pytest.mark.parametrize("size,out", [((16, 16), (4, 4)), ((19, 18), (4, 4)), ((7, 5), (4, 3))])
 def test_adaptive_pool_lowering_matches(size, out):
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     torch.testing.assert_close(
         export_mod._adaptive_avg_pool2d_aten(x, out), F.adaptive_avg_pool2d(x, out)
-    )
-
-
-@pytest.mark.parametrize("mask", ["none", "float", "bool", "causal"])
-def test_attention_lowering_matches_sdpa(mask):
-    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.float64) for _ in range(3))
-    kwargs = {"scale": 0.3}
-    if mask == "float":
-        kwargs["attn_mask"] = torch.randn(5, 5, dtype=torch.float64)
-    elif mask == "bool":
-        kwargs["attn_mask"] = torch.rand(2, 1, 5, 5) > 0.3
-        kwargs["attn_mask"][..., 0] = True  # no fully masked row
-    elif mask == "causal":
-        kwargs["is_causal"] = True
-    torch.testing.assert_close(
-        export_mod._attention_aten(q, k, v, **kwargs),
-        F.scaled_dot_product_attention(q, k, v, **kwargs),
     )
 
 

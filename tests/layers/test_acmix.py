@@ -15,17 +15,9 @@ from ref_acmix import (
 from torch import nn
 
 from convattn.bench import count_macs
-from convattn.layers.acmix import (
-    ACmix,
-    ACmixConvPath,
-    ACmixWindowAttention,
-    WindowLayout,
-    reflect_index,
-    window_bank,
-    window_dot,
-    window_mix,
-    window_scatter,
-)
+from convattn.layers import _window_tiles
+from convattn.layers._window_tiles import tiled_window_attention, window_mask
+from convattn.layers.acmix import ACmix, ACmixConvPath, ACmixWindowAttention, reflect_index
 from convattn.layers.window_attention import shifted_window_mask
 
 from helpers import OFFICIAL_KEYS
@@ -253,22 +245,67 @@ def test_parameter_gradients_match_reference():
     torch.testing.assert_close(m.rate1.grad, ref_sd["rate1"].grad)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_gradcheck_window_primitives(stride):
-    k = 3
-    layout = WindowLayout.of(4, 5, k, stride)
-    args = (k, stride, layout.row_length, layout.out_w)
-    length = layout.out_h * layout.row_length
+def _window_attention_by_unfold(q, k, v, kernel, stride, scale):
+    """Oracle: every query's k x k window materialised with the border rule, then softmax."""
+    n, d, h, w = k.shape
+    pad = kernel // 2
+    rows, cols = reflect_index(h, pad), reflect_index(w, pad)
+
+    def windows(t):
+        padded = t[..., rows, :][..., :, cols]
+        out = nn.functional.unfold(padded, kernel, stride=stride)
+        return out.view(n, d, kernel * kernel, -(-h // stride), -(-w // stride))
+
+    query = q[..., ::stride, ::stride].unsqueeze(2)
+    attn = (scale * query * windows(k)).sum(1).softmax(dim=1)
+    return (attn.unsqueeze(1) * windows(v)).sum(2), attn
+
+
+@pytest.mark.parametrize(
+    "tile", [(1, 1), (2, 3), (4, 4), (3, 5), (8, 8), (16, 2)]
+)
+@pytest.mark.parametrize(
+    "h,w,stride,kernel", [(9, 11, 1, 7), (10, 7, 2, 7), (13, 12, 3, 5), (3, 2, 1, 7), (1, 5, 2, 3)]
+)
+def test_tiled_window_attention_matches_unfold_oracle_for_every_tile(h, w, stride, kernel, tile):
+    g = torch.Generator().manual_seed(h * w + stride)
+    q, k, v = (torch.randn(3, 4, h, w, generator=g, dtype=torch.float64) for _ in range(3))
+    out, weights = tiled_window_attention(q, k, v, kernel, stride, 0.7, tile, return_weights=True)
+    expected, expected_weights = _window_attention_by_unfold(q, k, v, kernel, stride, 0.7)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(weights, expected_weights)
+
+
+def test_window_mask_allows_exactly_each_querys_window():
+    mask = window_mask(2, 3, 5, 2, torch.float32, "cpu")
+    assert mask.shape == (2 * 3, 7 * 9)
+    assert ((mask == 0).sum(dim=1) == 25).all()
+    assert torch.isinf(mask).sum() == mask.numel() - 6 * 25
+
+
+def test_batch_chunks_on_the_cpu_give_the_same_result(monkeypatch):
+    m, sd = _loaded(8, 8, 2, 7, 1)
+    x = torch.randn(5, 8, 10, 9, dtype=torch.float64, requires_grad=True)
+    whole = m(x)
+    monkeypatch.setattr(_window_tiles, "_CPU_LOGITS_PER_CHUNK", 1)  # one item per slice
+    chunked = m(x)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(chunked, acmix_reference(x, sd, 2, 7, 1))
+    (grad_chunked,) = torch.autograd.grad(chunked.square().sum(), x)
+    (grad_whole,) = torch.autograd.grad(whole.square().sum(), x)
+    torch.testing.assert_close(grad_chunked, grad_whole)
+
+
+@pytest.mark.parametrize("stride,tile", [(1, (2, 3)), (2, (2, 2)), (1, None)])
+def test_gradcheck_tiled_window_attention(stride, tile):
     dd = dict(dtype=torch.float64, requires_grad=True)
-    bank = window_bank(torch.randn(1, 2, 4, 5, dtype=torch.float64), k, stride)
-    bank = bank.detach().requires_grad_(True)
-    query = torch.randn(1, 2, length, **dd)
-    weights = torch.randn(1, k * k, length, **dd)
-    assert torch.autograd.gradcheck(lambda a, b: window_dot(a, b, *args), (query, bank))
-    assert torch.autograd.gradcheck(lambda a, b: window_mix(a, b, *args), (weights, bank))
-    m = bank.shape[-1]
-    assert torch.autograd.gradcheck(lambda a, b: window_scatter(a, b, *args, m), (weights, query))
-    assert torch.autograd.gradgradcheck(lambda a, b: window_dot(a, b, *args), (query, bank))
+    q, k, v = (torch.randn(2, 2, 5, 4, **dd) for _ in range(3))
+
+    def attend(q, k, v):
+        return tiled_window_attention(q, k, v, 3, stride, 0.5, tile)
+
+    assert torch.autograd.gradcheck(attend, (q, k, v))
+    assert torch.autograd.gradgradcheck(attend, (q, k, v))
 
 
 def test_cached_tables_built_in_inference_mode_work_for_training():
@@ -377,19 +414,26 @@ def test_float16_forward():
     torch.testing.assert_close(out.float(), m.float()(x.float()), rtol=0.02, atol=0.02)
 
 
-@pytest.mark.parametrize("stride,size", [(1, 10), (2, 12)])
-def test_macs_add_window_attention_to_the_official_count(stride, size):
-    c, heads, k = 16, 4, 7
+@pytest.mark.parametrize("stride,size", [(1, 10), (2, 12), (1, 7)])
+def test_macs_count_the_executed_tile_products(stride, size):
+    # FlopCounterMode sees the two batched products of the tiles, masked slots included: the count
+    # is the work done, at least the official k*k per query and at most the tile region per query.
+    c, heads, k, batch = 16, 4, 7, 2
     m, sd = _loaded(c, c, heads, k, stride, dtype=torch.float32)
 
     class Reference(nn.Module):
         def forward(self, x):
             return acmix_reference(x, sd, heads, k, stride)
 
-    macs = count_macs(m, (2, c, size, size))
-    counted_by_reference = count_macs(Reference(), (2, c, size, size))  # convolutions only
-    out = size // stride
-    assert macs == counted_by_reference + 2 * 2 * k * k * c * out * out
+    macs = count_macs(m, (batch, c, size, size))
+    counted_by_reference = count_macs(Reference(), (batch, c, size, size))  # convolutions only
+    out = -(-size // stride)
+    tile_h, tile_w = _window_tiles.tile_size(out, out, stride)
+    tiles = -(-out // tile_h) * -(-out // tile_w)
+    region = (stride * (tile_h - 1) + k) * (stride * (tile_w - 1) + k)
+    tile_products = 2 * batch * heads * tiles * tile_h * tile_w * region * (c // heads)
+    assert macs == counted_by_reference + tile_products
+    assert tile_products >= 2 * batch * k * k * c * out * out
 
 
 # ------------------------------------------------------------------------------------------------

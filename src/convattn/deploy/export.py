@@ -2,7 +2,7 @@
 
 ``export_model`` traces with ``torch.export`` (never TorchScript), writes ONNX through
 ``torch.onnx.export(..., dynamo=True)`` or the program itself through ``torch.export.save``
-(``shared/specs/ecosystem.md`` section 2.3), then loads the written file in its runtime
+then loads the written file in its runtime
 (onnxruntime on the CPU, or ``torch.export.load``) and compares it with the PyTorch model before the
 file takes its final name: a failed export never leaves a file behind (``convattn._io.atomic_write``).
 
@@ -13,10 +13,9 @@ only guard, not express in the file (:func:`dynamic_size_blockers`): Swin pads m
 multiples and clamps windows by the map size, ACmix's window-bank layout is computed from the size.
 Every dynamic export is checked at a second batch size and/or a second (odd) input size.
 
-ACmix's window attention runs through three registered operators (``convattn::acmix_window_*``,
-chunked in-place kernels); for export they are lowered to plain ATen ops (one gather of the k*k
-window slots, a product and a sum), so the ONNX file and the ``.pt2`` program need no custom
-operator at load time.
+Every operator of the library is plain ATen, so the model is exported as it is: this module only
+re-parameterises, traces, writes and verifies (``torch.onnx.export`` and ``torch.export`` on the
+model directly give the same graphs).
 """
 
 from __future__ import annotations
@@ -112,58 +111,8 @@ class ExportResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# Export-time lowering of ACmix's window operators to ATen
+# Exporter workarounds (ONNX only): lowerings of ATen ops the ONNX exporter mistranslates
 # --------------------------------------------------------------------------------------------------
-
-
-def _window_slots(bank: torch.Tensor, kernel_size: int, stride: int, row_length: int, length: int):
-    """(n, c, k*k, L): slot o = dy * k + dx of every output position, gathered from the bank.
-
-    The bank layout is ACmix's (``convattn.layers.acmix``, "window bank"): slot (dy, dx) of output
-    i is phase (dy % s) * s + dx % s at flat index i + (dy // s) * row_length + dx // s.
-    """
-    n, c, phases, m = bank.shape
-    k, s = kernel_size, stride
-    steps = torch.arange(k, device=bank.device)
-    dy, dx = steps.view(k, 1), steps.view(1, k)
-    start = ((dy % s) * s + dx % s) * m + (dy // s) * row_length + dx // s  # (k, k)
-    index = (start.view(-1, 1) + torch.arange(length, device=bank.device)).flatten()
-    return bank.reshape(n, c, phases * m).index_select(2, index).view(n, c, k * k, length)
-
-
-def _window_dot_aten(query, bank, kernel_size, stride, row_length, valid_width):
-    slots = _window_slots(bank, kernel_size, stride, row_length, query.shape[2])
-    return (query.unsqueeze(2) * slots).sum(dim=1)
-
-
-def _window_mix_aten(weights, bank, kernel_size, stride, row_length, valid_width):
-    slots = _window_slots(bank, kernel_size, stride, row_length, weights.shape[2])
-    return (weights.unsqueeze(1) * slots).sum(dim=2)
-
-
-def _attention_aten(
-    q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
-):
-    """``scaled_dot_product_attention`` (eval) as matmul -> softmax -> matmul, for ONNX.
-
-    The ONNX exporter keeps SDPA whole and decomposes it later with output strides that differ
-    from the traced ones, which breaks views recorded after it (Swin's window attention:
-    "Cannot view a tensor with shape ..."); lowering it first keeps the graph consistent.
-    """
-    if enable_gqa:
-        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = torch.matmul(q * scale, k.transpose(-2, -1))
-    if is_causal:
-        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        logits = logits.masked_fill(~keep, float("-inf"))
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            logits = logits.masked_fill(~attn_mask, float("-inf"))
-        else:
-            logits = logits + attn_mask
-    return torch.matmul(logits.softmax(dim=-1), v)
 
 
 def _pooling_matrix(size, bins: int, like: torch.Tensor) -> torch.Tensor:
@@ -203,16 +152,6 @@ def _onnx_floordiv(a, b):
     return op.Where(op.Less(op.Mul(remainder, b), 0), op.Sub(quotient, 1), quotient)
 
 
-def _custom_op_lowerings() -> dict:
-    from ..layers import acmix  # noqa: F401  (registers the operators)
-
-    ops = torch.ops.convattn
-    return {
-        ops.acmix_window_dot.default: _window_dot_aten,
-        ops.acmix_window_mix.default: _window_mix_aten,
-    }
-
-
 # --------------------------------------------------------------------------------------------------
 # Which models can have a dynamic input size
 # --------------------------------------------------------------------------------------------------
@@ -236,7 +175,7 @@ def dynamic_size_blockers(model: nn.Module) -> list[str]:
         )
     if any(isinstance(m, ACmix) for m in model.modules()):
         reasons.append(
-            "ACmix's window bank (reflect padding, phase split and slot offsets) is laid out "
+            "ACmix's window tiles (reflect padding, tile grid and halo regions) are laid out "
             "for one input size"
         )
     return reasons
@@ -411,26 +350,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _fresh_tensor_caches() -> Iterator[None]:
-    """Empty the operators' size-keyed tensor caches before and after tracing.
-
-    A tensor created while torch.export traces is fake; ACmix's cached coordinate grids and
-    reflection indices would keep it and hand it to later eager calls (or to the next export).
-    """
-    from ..layers import acmix
-
-    caches = [getattr(acmix, name, None) for name in ("_coordinate_grid", "_reflected")]
-    caches = [c for c in caches if hasattr(c, "cache_clear")]
-    for cache in caches:
-        cache.cache_clear()
-    try:
-        yield
-    finally:
-        for cache in caches:
-            cache.cache_clear()
-
-
-@contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporters' chatter that says nothing about this model."""
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -455,7 +374,7 @@ def _trace(
     dims = ([0] if dynamic_batch else []) + ([2, 3] if dynamic_size else [])
     dynamic_shapes = ({d: torch.export.Dim.AUTO for d in dims},) if dims else None
     try:
-        with torch.no_grad(), _fresh_tensor_caches(), _quiet_exporter():
+        with torch.no_grad(), _quiet_exporter():
             program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     except Exception as err:
         first = _first_line(err)
@@ -465,11 +384,9 @@ def _trace(
                 f"{_dim_names(dynamic_batch, dynamic_size)}: {first}"
             ) from err
         raise ExportError(f"export_model: torch.export could not trace {name}: {first}") from err
-    lowerings = _custom_op_lowerings()
-    if format == "onnx":
-        lowerings[torch.ops.aten.scaled_dot_product_attention.default] = _attention_aten
-        if dynamic_size:
-            lowerings[torch.ops.aten.adaptive_avg_pool2d.default] = _adaptive_avg_pool2d_aten
+    lowerings = {}
+    if format == "onnx" and dynamic_size:
+        lowerings[torch.ops.aten.adaptive_avg_pool2d.default] = _adaptive_avg_pool2d_aten
     if any(node.target in lowerings for node in program.graph.nodes):
         with _quiet_exporter():
             program = program.run_decompositions(lowerings)

@@ -1,12 +1,13 @@
 """ACmix: self-attention and convolution sharing one set of 1x1 projections.
 
 Pan et al., "On the Integration of Self-Attention and Convolution", CVPR 2022, arXiv 2111.14556.
-Semantics follow the official code as described in /work/shared/specs/acmix.md (sections 1 and 3).
+Semantics follow the official code (LeapLabTHU/ACmix); ``docs/operators/acmix.md`` lists them with
+the official code's quirks.
 
-Stage I (spec 1.1): one set of 1x1 projections q, k, v (C_in -> C each, with bias), at the input
-resolution, split into ``heads`` groups of ``head_dim`` channels (head-major channel order).
+Stage I: one set of 1x1 projections q, k, v (C_in -> C each, with bias), at the input resolution,
+split into ``heads`` groups of ``head_dim`` channels (head-major channel order).
 
-Attention path (spec 1.2), for a query pixel c on the stride-s grid and its k_att x k_att window j::
+Attention path, for a query pixel c on the stride-s grid and its k_att x k_att window j::
 
     out_att(c) = sum_j softmax_j( q_c / sqrt(head_dim) . (k_j + pe_c - pe_j) ) v_j
 
@@ -15,394 +16,40 @@ border. ``q_c . pe_c`` is the same for every j of the window, so it cancels in t
 therefore fold the position encoding into the keys, ``k' = k - pe``, and never build the k_att^2
 position tensors (exact: the logits differ from the official ones by a per-query constant only).
 
-Convolution path (spec 1.3): ``fc`` mixes the 3*heads maps [q heads | k heads | v heads] (per
-channel-in-head d and pixel) into k_conv^2 maps, which a shift-initialised grouped k_conv x k_conv
-convolution (``dep_conv``, groups = head_dim, channel order d-major) aggregates.
+Convolution path: ``fc`` mixes the 3*heads maps [q heads | k heads | v heads] (per channel-in-head
+d and pixel) into k_conv^2 maps, which a shift-initialised grouped k_conv x k_conv convolution
+(``dep_conv``, groups = head_dim, channel order d-major) aggregates.
 
-Combination (spec 1.4): ``out = rate1 * out_att + rate2 * out_conv``.
+Combination: ``out = rate1 * out_att + rate2 * out_conv``.
 
-The window attention runs as a loop over the k_att^2 window slots, each a contiguous slice of the
-flattened padded keys/values (the "window bank"; three registered operators below), so nothing
-k_att^2 times the size of k or v is materialised, the backward pass is as cheap as the forward, and
-the operators carry FLOP formulas so ``FlopCounterMode`` counts the attention products.
+The window attention is evaluated by :func:`~convattn.layers._window_tiles.tiled_window_attention`:
+batched matrix products over small tiles of queries with a constant window mask, in plain ATen
+operators, so every standard tool (``torch.export``, both ONNX exporters, ``torch.compile``) and
+every device runs it as it is.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import register_flop_formula
 
 from ._checks import check_feature_map, check_positive_int
+from ._window_tiles import _cached_in_eager, reflect_index, tiled_window_attention
 from .window_attention import WindowAttention, window_partition, window_reverse
 
 __all__ = [
     "ACmix",
     "ACmixConvPath",
     "ACmixWindowAttention",
-    "WindowLayout",
     "reflect_index",
-    "window_bank",
-    "window_dot",
-    "window_mix",
-    "window_scatter",
 ]
 
 # --------------------------------------------------------------------------------------------------
-# Sliding-window attention primitives
-#
-# Layout ("window bank"). Reflect-pad the H x W map by p = k // 2 to Hp x Wp. For stride 1, flatten
-# it: moving the window of output pixel (y, x) by slot (dy, dx) moves the flat index y * Wp + x by
-# dy * Wp + dx, so slot (dy, dx) of *every* output pixel is the contiguous slice starting at that
-# offset, provided the outputs also live on a Wp-wide grid (columns W..Wp-1 are computed, then
-# cropped). For stride s the padded map is first split into its s*s phases (rows = a mod s,
-# columns = b mod s), each of size Hq x Wq (Hq = ceil(Hp / s) + 1 spare row, Wq = ceil(Wp / s));
-# slot (dy, dx) of output (y, x) is phase (dy % s, dx % s) at flat index
-# (y + dy // s) * Wq + x + dx // s, again one contiguous slice per slot. So:
-#   bank    (n, c, s*s, Hq*Wq)  keys or values (:func:`window_bank`),
-#   query   (n, c, L)           queries on the output grid, L = H' * Wq, columns >= W' zero,
-#   weights (n, k*k, L)         logits / attention, slot o = dy * k + dx (the nn.Unfold order).
-# The three ops below are each other's gradients, so training never builds k*k copies either; their
-# FLOP formulas count the valid output columns only (the official convention).
-# --------------------------------------------------------------------------------------------------
-
-# The leading dim is processed in slices of about this many elements per operand, so that a slice
-# stays in the last-level cache across the k*k slots while each op stays large enough for the
-# intra-op thread pool (measured on a 2-core CPU: 2^20 beats 2^16, 2^18 and no slicing).
-_CHUNK_ELEMENTS = 1 << 20
-
-
-def _slots(kernel_size: int, stride: int, row_length: int) -> list[tuple[int, int, int]]:
-    """(slot index, phase, flat offset) of every window slot (dy, dx)."""
-    return [
-        (
-            dy * kernel_size + dx,
-            (dy % stride) * stride + dx % stride,
-            (dy // stride) * row_length + dx // stride,
-        )
-        for dy in range(kernel_size)
-        for dx in range(kernel_size)
-    ]
-
-
-def _chunks(n: int, elements_per_item: int) -> list[slice]:
-    step = max(1, _CHUNK_ELEMENTS // max(1, elements_per_item))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Sums over k*k terms are accumulated in float32 for half types.
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _window_dot_kernel(
-    query: Tensor, bank: Tensor, kernel_size: int, stride: int, row_length: int, valid_width: int
-) -> Tensor:
-    n, c, length = query.shape
-    out = query.new_empty(n, kernel_size * kernel_size, length)
-    for part in _chunks(n, c * length):
-        q, keys, o = query[part], bank[part], out[part]
-        for slot, phase, offset in _slots(kernel_size, stride, row_length):
-            torch.sum(q * keys[:, :, phase, offset : offset + length], dim=1, out=o[:, slot])
-    return out
-
-
-def _window_mix_kernel(
-    weights: Tensor, bank: Tensor, kernel_size: int, stride: int, row_length: int, valid_width: int
-) -> Tensor:
-    n, _, length = weights.shape
-    c = bank.shape[1]
-    out = bank.new_zeros(n, c, length, dtype=_accumulation_dtype(bank.dtype))
-    for part in _chunks(n, c * length):
-        w, values, o = weights[part], bank[part], out[part]
-        for slot, phase, offset in _slots(kernel_size, stride, row_length):
-            view = values[:, :, phase, offset : offset + length]
-            o.addcmul_(w[:, slot : slot + 1].expand_as(view), view)
-    return out.to(bank.dtype)
-
-
-def _window_scatter_kernel(
-    weights: Tensor,
-    values: Tensor,
-    kernel_size: int,
-    stride: int,
-    row_length: int,
-    valid_width: int,
-    bank_length: int,
-) -> Tensor:
-    n, c, length = values.shape
-    out = values.new_zeros(
-        n, c, stride * stride, bank_length, dtype=_accumulation_dtype(values.dtype)
-    )
-    for part in _chunks(n, c * length):
-        w, v, o = weights[part], values[part], out[part]
-        for slot, phase, offset in _slots(kernel_size, stride, row_length):
-            o[:, :, phase, offset : offset + length].addcmul_(w[:, slot : slot + 1].expand_as(v), v)
-    return out.to(values.dtype)
-
-
-# Registered as operators (not only Python functions) so that FlopCounterMode sees them and counts
-# them with the formulas below; the autograd.Functions further down give them their gradients. A
-# plain torch.library definition is used because torch.library.custom_op imports torch._dynamo
-# (~3 s) on the first call in every process.
-_LAYOUT_ARGS = "int kernel_size, int stride, int row_length, int valid_width"
-_OPS = {
-    "acmix_window_dot": (
-        f"(Tensor query, Tensor bank, {_LAYOUT_ARGS}) -> Tensor",
-        _window_dot_kernel,
-    ),
-    "acmix_window_mix": (
-        f"(Tensor weights, Tensor bank, {_LAYOUT_ARGS}) -> Tensor",
-        _window_mix_kernel,
-    ),
-    "acmix_window_scatter": (
-        f"(Tensor weights, Tensor values, {_LAYOUT_ARGS}, int bank_length) -> Tensor",
-        _window_scatter_kernel,
-    ),
-}
-for _name, (_schema, _kernel) in _OPS.items():
-    torch.library.define(f"convattn::{_name}", _schema)
-    torch.library.impl(f"convattn::{_name}", "CompositeExplicitAutograd", _kernel)
-
-
-@torch.library.register_fake("convattn::acmix_window_dot")
-def _(query, bank, kernel_size, stride, row_length, valid_width):
-    return query.new_empty(query.shape[0], kernel_size * kernel_size, query.shape[2])
-
-
-@torch.library.register_fake("convattn::acmix_window_mix")
-def _(weights, bank, kernel_size, stride, row_length, valid_width):
-    return bank.new_empty(weights.shape[0], bank.shape[1], weights.shape[2])
-
-
-@torch.library.register_fake("convattn::acmix_window_scatter")
-def _(weights, values, kernel_size, stride, row_length, valid_width, bank_length):
-    return values.new_empty(values.shape[0], values.shape[1], stride * stride, bank_length)
-
-
-class _WindowDot(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, query, bank, *layout):
-        ctx.save_for_backward(query, bank)
-        ctx.layout = layout
-        return torch.ops.convattn.acmix_window_dot(query, bank, *layout)
-
-    @staticmethod
-    def backward(ctx, grad):
-        query, bank = ctx.saved_tensors
-        grad_query = grad_bank = None
-        if ctx.needs_input_grad[0]:
-            grad_query = window_mix(grad, bank, *ctx.layout)
-        if ctx.needs_input_grad[1]:
-            grad_bank = window_scatter(grad, query, *ctx.layout, bank.shape[-1])
-        return grad_query, grad_bank, None, None, None, None
-
-
-class _WindowMix(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weights, bank, *layout):
-        ctx.save_for_backward(weights, bank)
-        ctx.layout = layout
-        return torch.ops.convattn.acmix_window_mix(weights, bank, *layout)
-
-    @staticmethod
-    def backward(ctx, grad):
-        weights, bank = ctx.saved_tensors
-        grad_weights = grad_bank = None
-        if ctx.needs_input_grad[0]:
-            grad_weights = window_dot(grad, bank, *ctx.layout)
-        if ctx.needs_input_grad[1]:
-            grad_bank = window_scatter(weights, grad, *ctx.layout, bank.shape[-1])
-        return grad_weights, grad_bank, None, None, None, None
-
-
-class _WindowScatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weights, values, *layout_and_length):
-        ctx.save_for_backward(weights, values)
-        ctx.layout = layout_and_length[:4]
-        return torch.ops.convattn.acmix_window_scatter(weights, values, *layout_and_length)
-
-    @staticmethod
-    def backward(ctx, grad):
-        weights, values = ctx.saved_tensors
-        grad_weights = grad_values = None
-        if ctx.needs_input_grad[0]:
-            grad_weights = window_dot(values, grad, *ctx.layout)
-        if ctx.needs_input_grad[1]:
-            grad_values = window_mix(weights, grad, *ctx.layout)
-        return grad_weights, grad_values, None, None, None, None, None
-
-
-def window_dot(
-    query: Tensor, bank: Tensor, kernel_size: int, stride: int, row_length: int, valid_width: int
-) -> Tensor:
-    """Dot product of every query with each key of its window.
-
-    ``out[n, o, i] = sum_c query[n, c, i] * bank[n, c, phase(o), i + offset(o)]``
-
-    Args:
-        query: (n, c, L) on the output grid (rows of ``row_length``).
-        bank: (n, c, s*s, M) window bank of the keys.
-        kernel_size: window side k.
-        stride: step s of the window centres.
-        row_length: Wq, the row length of the output grid and of each phase.
-        valid_width: W', the number of real output columns per row (for the FLOP count).
-
-    Returns:
-        Logits (n, k*k, L).
-    """
-    return _WindowDot.apply(query, bank, kernel_size, stride, row_length, valid_width)
-
-
-def window_mix(
-    weights: Tensor, bank: Tensor, kernel_size: int, stride: int, row_length: int, valid_width: int
-) -> Tensor:
-    """Weighted sum over each window.
-
-    ``out[n, c, i] = sum_o weights[n, o, i] * bank[n, c, phase(o), i + offset(o)]``
-
-    Args:
-        weights: (n, k*k, L).
-        bank: (n, c, s*s, M) window bank of the values.
-        kernel_size, stride, row_length, valid_width: as in :func:`window_dot`.
-
-    Returns:
-        (n, c, L).
-    """
-    return _WindowMix.apply(weights, bank, kernel_size, stride, row_length, valid_width)
-
-
-def window_scatter(
-    weights: Tensor,
-    values: Tensor,
-    kernel_size: int,
-    stride: int,
-    row_length: int,
-    valid_width: int,
-    bank_length: int,
-) -> Tensor:
-    """Transpose of :func:`window_mix` with respect to the bank: spread weighted maps back.
-
-    ``out[n, c, phase(o), i + offset(o)] += weights[n, o, i] * values[n, c, i]``
-
-    Args:
-        weights: (n, k*k, L).
-        values: (n, c, L).
-        kernel_size, stride, row_length, valid_width: as in :func:`window_dot`.
-        bank_length: M, the flat length of each phase of the result.
-
-    Returns:
-        (n, c, s*s, M).
-    """
-    return _WindowScatter.apply(
-        weights, values, kernel_size, stride, row_length, valid_width, bank_length
-    )
-
-
-def _window_flops(
-    n: int, channels: int, slots: int, length: int, row_length: int, valid_width: int
-):
-    # One multiply-add per (n, channel, window slot, real output pixel); FLOPs = 2 * MACs.
-    return 2 * n * channels * slots * (length // row_length) * valid_width
-
-
-@register_flop_formula(torch.ops.convattn.acmix_window_dot)
-def _(query_shape, bank_shape, kernel_size, stride, row_length, valid_width, **kwargs) -> int:
-    n, c, length = query_shape
-    return _window_flops(n, c, kernel_size**2, length, row_length, valid_width)
-
-
-@register_flop_formula(torch.ops.convattn.acmix_window_mix)
-def _(weights_shape, bank_shape, kernel_size, stride, row_length, valid_width, **kwargs) -> int:
-    n, _, length = weights_shape
-    return _window_flops(n, bank_shape[1], kernel_size**2, length, row_length, valid_width)
-
-
-@register_flop_formula(torch.ops.convattn.acmix_window_scatter)
-def _(weights_shape, values_shape, kernel_size, stride, row_length, valid_width, *args, **kwargs):
-    n, c, length = values_shape
-    return _window_flops(n, c, kernel_size**2, length, row_length, valid_width)
-
-
-# --------------------------------------------------------------------------------------------------
-# Border rule, window bank layout and position grid (cached, parameter free)
+# Position grid (cached, parameter free)
 # --------------------------------------------------------------------------------------------------
 
 
-def reflect_index(size: int, pad: int, device: torch.device | str = "cpu") -> Tensor:
-    """Source index of every position of a reflect-padded axis, for any ``pad``.
-
-    Position i in [-pad, size + pad) maps to a real index by reflecting about the edge pixels
-    (edge not repeated, as ``ReflectionPad2d``) and reflecting again until it lands inside, i.e.
-    ``numpy.pad(mode="reflect")``. For ``pad < size`` this is exactly ``ReflectionPad2d``; a size-1
-    axis maps everything to 0.
-
-    Returns:
-        Long tensor of shape (size + 2 * pad,).
-    """
-    return _reflected(size, -pad, size + pad, torch.device(device))
-
-
-@functools.lru_cache(maxsize=256)
-def _reflected(size: int, start: int, stop: int, device: torch.device) -> Tensor:
-    # Built outside inference mode: cached tensors are reused by later training steps.
-    with torch.inference_mode(False):
-        index = torch.arange(start, stop, device=device)
-        if size == 1:
-            return torch.zeros_like(index)
-        period = 2 * (size - 1)
-        index = index.remainder(period)
-        return torch.where(index < size, index, period - index)
-
-
-class WindowLayout(NamedTuple):
-    """Geometry of the window bank for an H x W map, window k and stride s (see the notes above)."""
-
-    out_h: int  # H' = ceil(H / s)
-    out_w: int  # W' = ceil(W / s)
-    row_length: int  # Wq = ceil((W + 2p) / s)
-    bank_rows: int  # Hq = ceil((H + 2p) / s) + 1 (the spare row keeps every slot slice in range)
-
-    @staticmethod
-    def of(height: int, width: int, kernel_size: int, stride: int) -> WindowLayout:
-        pad = kernel_size // 2
-        return WindowLayout(
-            out_h=-(-height // stride),
-            out_w=-(-width // stride),
-            row_length=-(-(width + 2 * pad) // stride),
-            bank_rows=-(-(height + 2 * pad) // stride) + 1,
-        )
-
-
-def window_bank(x: Tensor, kernel_size: int, stride: int) -> Tensor:
-    """Reflect-pad, phase-split and flatten a map: (n, c, H, W) -> (n, c, s*s, Hq*Wq).
-
-    The rows/columns past the reflect-padded map (spare row, rounding up to whole phases) only feed
-    output columns that are cropped; the reflection simply continues there.
-    """
-    n, c, h, w = x.shape
-    layout = WindowLayout.of(h, w, kernel_size, stride)
-    pad = kernel_size // 2
-    bottom = stride * layout.bank_rows - pad - h
-    right = stride * layout.row_length - pad - w
-    if max(pad, bottom) < h and max(pad, right) < w:  # one reflection suffices: fast kernel
-        padded = F.pad(x, (pad, right, pad, bottom), mode="reflect")
-    else:  # tiny map: repeated reflection by index
-        rows = _reflected(h, -pad, h + bottom, x.device)
-        cols = _reflected(w, -pad, w + right, x.device)
-        padded = x.index_select(2, rows).index_select(3, cols)
-    if stride == 1:
-        return padded.view(n, c, 1, -1)
-    phases = padded.view(n, c, layout.bank_rows, stride, layout.row_length, stride)
-    return phases.permute(0, 1, 3, 5, 2, 4).reshape(n, c, stride * stride, -1)
-
-
-@functools.lru_cache(maxsize=64)
+@_cached_in_eager
 def _coordinate_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(2, H, W) normalised coordinates: channel 0 = x in linspace(-1, 1, W), channel 1 = y."""
     with torch.inference_mode(False):
@@ -609,22 +256,49 @@ class ACmix(nn.Module):
         pe = torch.einsum("dc,chw->dhw", weight, grid)
         return pe + self.pos_proj.bias.view(-1, 1, 1)
 
-    def attention(self, qkv: Tensor) -> Tensor:
-        """Sliding-window attention path (spec 1.2): (B, 3C, H, W) projections -> (B, C, H', W')."""
+    def attention(
+        self, qkv: Tensor, return_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Sliding-window attention path: (B, 3C, H, W) projections -> (B, C, H', W').
+
+        With ``return_weights`` also the softmax weights (B, heads, k_att^2, H', W') of every
+        query's window slots (slot ``dy * k_att + dx``; :meth:`window_index` says which input
+        pixel each slot reads): the hook that visualisation reads.
+        """
         b, _, h, w = qkv.shape
-        n, d, s, k = self.heads, self.head_dim, self.stride, self.kernel_att
-        layout = WindowLayout.of(h, w, k, s)
-        ops_layout = (k, s, layout.row_length, layout.out_w)
+        n, d = self.heads, self.head_dim
         q, key, v = qkv.view(b, 3, n, d, h, w).unbind(1)  # (B, N, d, H, W) views
-        # Queries on the Wq-wide output grid (extra columns zero).
-        q = F.pad(q[..., ::s, ::s], (0, layout.row_length - layout.out_w)) * self.scale
-        q = q.reshape(b * n, d, -1)
         # q_c . (k_j + pe_c - pe_j) = q_c . (k_j - pe_j) + a term constant over the window of c.
-        key = window_bank((key - self._position_encoding(h, w, qkv)).view(b * n, d, h, w), k, s)
-        v = window_bank(v.reshape(b * n, d, h, w), k, s)
-        attn = window_dot(q, key, *ops_layout).softmax(dim=1)  # (B*N, k^2, L)
-        out = window_mix(attn, v, *ops_layout).view(b, n * d, layout.out_h, layout.row_length)
-        return out[..., : layout.out_w]
+        key = key - self._position_encoding(h, w, qkv)
+        result = tiled_window_attention(
+            q.reshape(b * n, d, h, w),
+            key.reshape(b * n, d, h, w),
+            v.reshape(b * n, d, h, w),
+            self.kernel_att,
+            self.stride,
+            self.scale,
+            return_weights=return_weights,
+        )
+        if not return_weights:
+            return result.reshape(b, n * d, *result.shape[-2:])
+        out, weights = result
+        return out.reshape(b, n * d, *out.shape[-2:]), weights.reshape(b, n, *weights.shape[1:])
+
+    def window_index(self, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+        """Flat input index (y * W + x) read by window slot o of every query: (k_att^2, H', W').
+
+        The border rule (reflection, repeated on maps smaller than the window) made explicit, so
+        attention weights from :meth:`attention` can be drawn on the input grid.
+        """
+        k, s, pad = self.kernel_att, self.stride, self.kernel_att // 2
+        rows = reflect_index(height, pad, device)  # padded row -> source row
+        cols = reflect_index(width, pad, device)
+        out_h, out_w = self.output_size(height, width)
+        offsets = torch.arange(k, device=device)
+        row = rows[s * torch.arange(out_h, device=device).view(1, -1) + offsets.view(-1, 1)]
+        col = cols[s * torch.arange(out_w, device=device).view(1, -1) + offsets.view(-1, 1)]
+        index = row.view(k, 1, out_h, 1) * width + col.view(1, k, 1, out_w)
+        return index.reshape(k * k, out_h, out_w)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> (B, C, ceil(H/s), ceil(W/s))."""

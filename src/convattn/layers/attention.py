@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_feature_map, check_positive_int
+from .fused_attention import scaled_dot_product_attention
 
 __all__ = ["GlobalSelfAttention2d", "MultiheadSelfAttention"]
 
@@ -32,7 +33,7 @@ def _packed_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     head_dim = c3 // (3 * num_heads)
     qkv = qkv.view(b, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-    out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(head_dim))
+    out = scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(head_dim))
     return out.transpose(1, 2).reshape(b, n, c3 // 3)
 
 

@@ -11,10 +11,10 @@ ACmix-Swin state dicts load unchanged (ACmix spec, /work/shared/specs/acmix.md s
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_positive_int
+from .fused_attention import scaled_dot_product_attention
 
 __all__ = [
     "WindowAttention",
@@ -195,7 +195,7 @@ class WindowAttention(nn.Module):
             attn_mask = attn_mask.expand(bw // nw, -1, -1, -1, -1).reshape(bw, heads, n, n)
         else:
             attn_mask = attn_mask.expand(bw, -1, -1, -1)
-        out = F.scaled_dot_product_attention(
+        out = scaled_dot_product_attention(
             q,
             k,
             v,

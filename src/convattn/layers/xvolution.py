@@ -133,7 +133,8 @@ def _products_from_padded(
         return padded[:, 1 + d[0] :: stride, 1 + d[1] :: stride][:, :rows, :cols]
 
     centre = neighbour((0, 0))
-    if torch.is_grad_enabled() and padded.requires_grad:
+    if (torch.is_grad_enabled() and padded.requires_grad) or torch.compiler.is_compiling():
+        # Traced graphs get the functional form (compilers reject ``out=`` into strided slices).
         return torch.stack([centre * neighbour(d) for d in directions], dim=3)
     # Inference: write each product straight into its slot, no temporaries.
     shape = (*centre.shape[:3], len(directions), centre.shape[3])

@@ -3,7 +3,7 @@
 Every function here takes a module and the input it received (captured with a forward pre-hook)
 and returns the softmax weights that module uses, computed from its parameters with plain tensor
 operations: nothing is monkeypatched, and the modules' fast paths (SDPA, the ACmix window bank)
-stay untouched. Each function reproduces the module's logits exactly (tests rebuild the module's
+stay untouched (ACmix exposes its weights through its own hook). Each function reproduces the module's logits exactly (tests rebuild the module's
 output from these weights), so a figure shows what the network really computed.
 
 * :func:`slot_assignments`: GLMix slot logits -> dispatch (softmax over slots) or clustering
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..layers._checks import check_choice
-from ..layers.acmix import ACmix, _coordinate_grid, reflect_index
+from ..layers.acmix import ACmix
 from ..layers.attention import GlobalSelfAttention2d, MultiheadSelfAttention
 from ..layers.window_attention import shifted_window_mask, window_partition
 from ..models.swin import SwinTransformerBlock
@@ -64,24 +64,10 @@ def slot_assignments(logits: Tensor, mode: str = "dispatch") -> Tensor:
 
 
 # --- ACmix (sliding windows) ----------------------------------------------------------------------
-def _reflected_windows(x: Tensor, kernel_size: int, stride: int) -> Tensor:
-    """(n, c, H, W) -> (n, c, k*k, H', W'): the k x k window around every strided centre.
-
-    Padding follows ACmix's border rule (:func:`~convattn.layers.acmix.reflect_index`, i.e.
-    reflection repeated as often as needed); slot o = dy * k + dx, the ``nn.Unfold`` order.
-    """
-    n, c, h, w = x.shape
-    pad = kernel_size // 2
-    rows = reflect_index(h, pad, x.device)
-    cols = reflect_index(w, pad, x.device)
-    padded = x.index_select(2, rows).index_select(3, cols)
-    out_h, out_w = -(-h // stride), -(-w // stride)
-    windows = F.unfold(padded, kernel_size, stride=stride)  # (n, c*k*k, H'*W')
-    return windows.view(n, c, kernel_size * kernel_size, out_h, out_w)
-
-
 def acmix_window_index(module: ACmix, height: int, width: int) -> Tensor:
     """Which input pixel every window slot of every query reads, as a flat index ``row * W + col``.
+
+    The operator's own :meth:`~convattn.layers.ACmix.window_index` (its border rule).
 
     Args:
         module: the ACmix module (its ``kernel_att`` and ``stride``).
@@ -92,17 +78,15 @@ def acmix_window_index(module: ACmix, height: int, width: int) -> Tensor:
         Long tensor (k*k, H', W'), slots ordered as in :func:`acmix_attention_weights`. Near the
         border several slots may name the same pixel (reflection).
     """
-    flat = torch.arange(height * width, dtype=torch.float64).view(1, 1, height, width)
-    windows = _reflected_windows(flat, module.kernel_att, module.stride)
-    return windows[0, 0].round().long()
+    return module.window_index(height, width)
 
 
 @torch.no_grad()
 def acmix_attention_weights(module: ACmix, x: Tensor) -> Tensor:
     """The softmax weights of ACmix's attention path, per head, query pixel and window slot.
 
-    The logits are ``q_c / sqrt(d) . (k_j - pe_j)``: the module's position term folded into the keys
-    exactly as :meth:`ACmix.attention` does (``q_c . pe_c`` is constant over a window and cancels).
+    Read from the operator's own attention path (:meth:`~convattn.layers.ACmix.attention` with
+    ``return_weights=True``), so they are the weights the module computes.
 
     Args:
         module: an :class:`~convattn.layers.acmix.ACmix` module.
@@ -112,16 +96,8 @@ def acmix_attention_weights(module: ACmix, x: Tensor) -> Tensor:
         (B, heads, k*k, H', W'), H' = ceil(H / stride): for the query at input pixel
         (stride * y, stride * x), the weights over its k_att x k_att window (sum to one over dim 2).
     """
-    b, _, h, w = x.shape
-    heads, d, k, s = module.heads, module.head_dim, module.kernel_att, module.stride
-    qkv = module.qkv(x).view(b, 3, heads, d, h, w)
-    q, key = qkv[:, 0], qkv[:, 1]
-    grid = _coordinate_grid(h, w, x.device, x.dtype)
-    pe = F.conv2d(grid.unsqueeze(0), module.pos_proj.weight, module.pos_proj.bias)[0]
-    query = q[..., ::s, ::s] * module.scale  # (B, heads, d, H', W')
-    keys = _reflected_windows((key - pe).reshape(b * heads, d, h, w), k, s)
-    logits = (query.reshape(b * heads, d, 1, *query.shape[-2:]) * keys).sum(dim=1)
-    return logits.softmax(dim=1).view(b, heads, k * k, *query.shape[-2:])
+    _, weights = module.attention(module.qkv(x), return_weights=True)
+    return weights
 
 
 # --- Swin / ACmix-Swin windows ------------------------------------------------------------------

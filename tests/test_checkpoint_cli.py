@@ -113,7 +113,11 @@ def test_convert_keeps_the_checkpoints_classifier(tmp_path, capsys):
 def _broken_files(tmp_path) -> list:
     good = save_model(create_model("resnet_nano", num_classes=4), tmp_path / "good.safetensors")
     data = good.read_bytes()
-    files = {"truncated": data[: len(data) // 2], "random": random.Random(0).randbytes(300), "empty": b""}
+    files = {
+        "truncated": data[: len(data) // 2],
+        "random": random.Random(0).randbytes(300),
+        "empty": b"",
+    }
     paths = []
     for name, content in files.items():
         path = tmp_path / f"{name}.safetensors"
@@ -130,7 +134,15 @@ def test_broken_checkpoint_is_one_clear_line_everywhere(tmp_path, capsys):
             ["eval", "--model", "resnet_nano", "--checkpoint", str(path), "--data", "digits"],
             ["export", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")],
             ["export", "--model", "resnet_nano", "--checkpoint", str(path), "--out", "m.pt2"],
-            ["convert", "--model", "resnet_nano", "--official", str(path), "--out", "x.safetensors"],
+            [
+                "convert",
+                "--model",
+                "resnet_nano",
+                "--official",
+                str(path),
+                "--out",
+                "x.safetensors",
+            ],
             ["viz", "--what", "rates", "--checkpoint", str(path)],
             ["viz", "--what", "rates", "--model", "acmix_resnet_nano", "--checkpoint", str(path)],
         ):

@@ -115,7 +115,7 @@ def test_logged_validation_is_that_of_the_saved_weights(tmp_path, child_env):
     proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (row,) = MetricsFile(out / "metrics.jsonl").read()
-    last = evaluate_checkpoint(out / "last.safetensors", workers=0, device="cpu")
+    last = evaluate_checkpoint(out / "last.safetensors", options["data"], workers=0, device="cpu")
     assert last["count"] == 20
     assert last["loss"] == pytest.approx(row["val_loss"], rel=1e-5, abs=1e-6)
     assert last["top1"] == pytest.approx(row["val_top1"])
@@ -128,5 +128,7 @@ def test_logged_validation_is_that_of_the_saved_weights(tmp_path, child_env):
     ema.load_state_dict({k[7:]: v for k, v in ema_state.items() if k.startswith("module.")})
     meta = read_model_info(out / "last.safetensors")["config"]
     save_model(ema, tmp_path / "ema.safetensors", model_name="resnet_nano", **meta)
-    scored = evaluate_checkpoint(tmp_path / "ema.safetensors", workers=0, device="cpu")
+    scored = evaluate_checkpoint(
+        tmp_path / "ema.safetensors", options["data"], workers=0, device="cpu"
+    )
     assert scored["loss"] == pytest.approx(row["ema_val_loss"], rel=1e-5, abs=1e-6)

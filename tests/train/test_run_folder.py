@@ -92,7 +92,7 @@ def test_unstarted_run_of_the_same_experiment_starts(tiny_cfg, tiny_net, tmp_pat
     assert train(cfg, model=tiny_net())["epochs"] == 1
     other = tmp_path / "other"
     tiny_cfg(epochs=1, lr=0.5, out=str(other)).to_yaml(other / "config.yaml")
-    with pytest.raises(ValueError, match="config.yaml"):
+    with pytest.raises(ValueError, match=r"config\.yaml"):
         train(tiny_cfg(epochs=1, out=str(other)), model=tiny_net())
 
 

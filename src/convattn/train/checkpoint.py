@@ -100,4 +100,3 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != "convattn-resume/1":
         raise ValueError(f"{path} is not a convattn resume file")
     return state
-

@@ -88,6 +88,15 @@ def test_eval_warns_when_the_user_overrides_the_run(run):
         evaluate_checkpoint(folder / "last.safetensors", img_size=12, seed=3, workers=0)
 
 
+def test_export_reads_a_training_runs_checkpoint(run, tmp_path, capsys):
+    """Training facts in the description (epoch, data, mean...) are not model options."""
+    folder, _ = run
+    out = tmp_path / "run.pt2"
+    argv = ["export", "--checkpoint", str(folder / "last.safetensors"), "--out", str(out)]
+    assert main([*argv, "--img-size", "12"]) == 0
+    assert out.is_file() and "wrote" in capsys.readouterr().out
+
+
 def test_convert_keeps_the_checkpoints_classifier(tmp_path, capsys):
     src = create_model("resnet_nano", num_classes=10).eval()
     own = tmp_path / "own.safetensors"  # plain safetensors, no description

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,43 @@ atomic_write(Path({str(target)!r}), writer)
     assert len(leftovers) == 1 and set(top) == {"last.safetensors", ".users.tmp", *leftovers}
     assert [p.name for p in remove_stale_temporaries(tmp_path)] == leftovers
     assert sorted(p.name for p in tmp_path.iterdir()) == [".users.tmp", "last.safetensors"]
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_real_safetensors_write(tmp_path, child_env):
+    """Kill a process while safetensors writes its own temporary file: the leftover is inside a
+    .convattn-tmp-* folder, and only that is cleaned up."""
+    target = tmp_path / "last.safetensors"
+    (tmp_path / ".users.tmp").write_text("keep")
+    script = f"""
+import torch
+from convattn.models import save_model
+model = torch.nn.Linear(4096, 4096)  # 64 MiB per write
+model.pretrained_cfg = {{"architecture": "big"}}
+while True:
+    save_model(model, {str(target)!r})
+"""
+    env = dict(child_env, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    caught = None
+    try:
+        deadline = time.monotonic() + 60
+        while caught is None and time.monotonic() < deadline:
+            for folder in tmp_path.glob(f"{TEMP_PREFIX}*"):
+                # safetensors' own temporary: named .tmpXXXXXX, beside the file it writes.
+                found = [p for p in folder.glob(".tmp*")]
+                if found:
+                    proc.send_signal(signal.SIGKILL)
+                    caught = found[0]
+                    break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    if caught is None or not caught.exists():
+        pytest.skip("the kill did not land inside safetensors' write")
+    assert caught.parent.name.startswith(TEMP_PREFIX)
+    top = {p.name for p in tmp_path.iterdir()}
+    assert not any(n.startswith(".tmp") for n in top)  # nothing of safetensors' at top level
+    remove_stale_temporaries(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} <= {"last.safetensors", ".users.tmp"}
+    assert (tmp_path / ".users.tmp").read_text() == "keep"

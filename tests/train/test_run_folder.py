@@ -79,6 +79,10 @@ def test_config_is_not_rewritten_before_validation(tiny_cfg, tiny_net, tmp_path)
     with pytest.raises(ValueError, match=r"model='tinynet'.*--config"):
         train(tiny_cfg(epochs=2, model="othernet", resume="auto"), model=tiny_net())
     assert _snapshot(run) == before
+    # A resume state that does not fit (other parameter groups) fails before any write too.
+    with pytest.raises(ValueError, match="parameter group"):
+        train(tiny_cfg(epochs=2, decay_1d=True, resume="auto"), model=tiny_net())
+    assert _snapshot(run) == before
     result = train(tiny_cfg(epochs=2, resume="auto"), model=tiny_net())
     assert result["epochs"] == 2
 

@@ -356,6 +356,9 @@ class _Run:
         blocking = [] if own_run else self._blocking_contents()
         if blocking and not cfg.overwrite:
             raise ValueError(self._occupied_message(blocking))
+        self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl")
+        if state is not None:  # in memory only: a state that does not fit fails before writing
+            self._load_resume(state, resume_path)
         barrier(ctx)  # every rank has looked before rank 0 changes anything
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -364,11 +367,10 @@ class _Run:
                 aside = _move_aside(self.run_dir)
                 self._log(f"--overwrite: moved the previous contents of {self.run_dir} to {aside}")
             self.cfg.replace(resume=None, overwrite=False).to_yaml(self.run_dir / "config.yaml")
+            if state is not None:
+                self.metrics_file.rewrite(self.history)  # drops lines of epochs to be redone
         barrier(ctx)
-        self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl")
-        if state is not None:
-            self._load_resume(state, resume_path)
-        elif cfg.resume == "auto":
+        if state is None and cfg.resume == "auto":
             self._log(f"no {RESUME_FILE} in {self.run_dir}: starting a new run")
 
     def _blocking_contents(self) -> list[str]:
@@ -470,8 +472,6 @@ class _Run:
         )
         if changed:
             warnings.warn(f"resume: options changed since the checkpoint: {changed}", stacklevel=2)
-        if self.ctx.is_main:
-            self.metrics_file.rewrite(self.history)
         self._log(f"resumed {path} at epoch {self.start_epoch}/{self.cfg.epochs}, step {self.step}")
 
     # --- loop --------------------------------------------------------------------------------

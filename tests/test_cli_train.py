@@ -96,9 +96,14 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
         ["eval", "--checkpoint", str(run / "last.safetensors"), "--data", TINY[1], "--json"]
     )
     assert code == 0
-    text, as_json = capsys.readouterr().out.strip().splitlines()
+    *text, as_json = capsys.readouterr().out.strip().splitlines()
     result = json.loads(as_json)
-    assert "top-1" in text and result["count"] == 16 and result["model"] == "resnet_nano"
+    assert (
+        "preprocessing (checkpoint): 16px" in text[0]
+        and "top-1" in text[1]
+        and result["count"] == 16
+        and result["model"] == "resnet_nano"
+    )
     assert result["top1"] == pytest.approx(rows[-1]["val_top1"])
     assert result["loss"] == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
 

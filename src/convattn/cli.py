@@ -69,10 +69,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         amp=args.amp,
         split=args.split,
+        seed=args.seed,
     )
     if args.json:
         print(json.dumps(result))
     else:
+        mean = ", ".join(f"{v:.3f}" for v in result["mean"])
+        std = ", ".join(f"{v:.3f}" for v in result["std"])
+        print(
+            f"preprocessing ({result['preprocessing']}): {result['img_size']}px, "
+            f"mean ({mean}), std ({std}), data {result['data']} split seed {result['seed']}"
+        )
         print(
             f"{result['model']} on {result['data']} ({result['split']}, {result['count']} images, "
             f"{result['img_size']}px): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
@@ -114,7 +121,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .models import convert_official
 
-    out = convert_official(args.model, args.official, args.out)
+    _check_model(args.model)
+    if args.num_classes is not None and args.num_classes < 0:
+        raise CliError(f"--num-classes must be >= 0, got {args.num_classes}")
+    out = convert_official(
+        args.model,
+        args.official,
+        args.out,
+        num_classes=args.num_classes,
+        reset_classifier=args.reset_classifier,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -197,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate a checkpoint (ours or an official release) on a data set",
         description="Top-1/top-5 accuracy and loss of a checkpoint on the validation split. "
-        "Our .safetensors checkpoints carry the model name, input size and normalisation; "
-        "official checkpoints need --model.",
+        "Our checkpoints (.safetensors weights and a run's resume.pt) carry the model name, data, "
+        "input size, normalisation and data split, and eval uses them; official checkpoints "
+        "need --model and --data.",
         formatter_class=formatter,
     )
     evaluate.add_argument(
@@ -207,13 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, metavar="PATH", help="weights file")
     evaluate.add_argument(
         "--data",
-        required=True,
         metavar="SPEC",
-        help="digits, synthetic:NAME[:N_TRAIN[:N_VAL]], cifar10:PATH, cifar100:PATH or a folder",
+        help="digits, synthetic:NAME[:N_TRAIN[:N_VAL]], cifar10:PATH, cifar100:PATH or a folder "
+        "(default: what our checkpoint was trained on)",
     )
     evaluate.add_argument("--split", choices=("val", "train"), default="val", help="split to score")
     evaluate.add_argument(
-        "--img-size", type=int, metavar="PX", help="input size (default: checkpoint's or model's)"
+        "--img-size",
+        type=int,
+        metavar="PX",
+        help="input size (default: the checkpoint's training size, else the model's; "
+        "overriding our checkpoint's warns)",
+    )
+    evaluate.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="data seed, which picks the digits/synthetic split (default: the checkpoint's "
+        "training seed, else 0; overriding it warns)",
     )
     evaluate.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size")
     evaluate.add_argument("--workers", type=int, default=2, metavar="N", help="loader workers")
@@ -235,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--model", required=True, help="registered model name")
     convert.add_argument("--official", required=True, help="path of the official checkpoint")
     convert.add_argument("--out", required=True, help="output path (.safetensors)")
+    convert.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="N",
+        help="classifier outputs (default: the checkpoint's; another count needs "
+        "--reset-classifier)",
+    )
+    convert.add_argument(
+        "--reset-classifier",
+        action="store_true",
+        help="with --num-classes other than the checkpoint's: a new, randomly initialised head",
+    )
     convert.set_defaults(func=_cmd_convert)
     bench = sub.add_parser(
         "bench",

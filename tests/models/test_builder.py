@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import convattn
-from convattn.models import FeatureListNet, adapt_input_conv, read_state_dict
+from convattn.models import FeatureListNet, adapt_input_conv, load_checkpoint, read_state_dict
 
 
 def test_list_models_and_unknown_name():
@@ -91,7 +91,9 @@ def test_checkpoint_new_num_classes_and_in_chans(tmp_path, caplog):
     path = tmp_path / "ckpt.pth"
     torch.save({"model": src.state_dict()}, path)
     with caplog.at_level(logging.WARNING, logger="convattn"):
-        dst = convattn.create_model("resnet_nano", checkpoint_path=path, num_classes=5, in_chans=1)
+        dst = convattn.create_model(
+            "resnet_nano", checkpoint_path=path, num_classes=5, in_chans=1, reset_classifier=True
+        )
     assert "re-initialised" in caplog.text and "Adapted stem" in caplog.text
     assert dst.fc.out_features == 5
     torch.testing.assert_close(dst.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
@@ -100,12 +102,79 @@ def test_checkpoint_new_num_classes_and_in_chans(tmp_path, caplog):
     assert len(feats(torch.randn(1, 3, 32, 32))) == 4
 
 
+def test_class_count_comes_from_the_checkpoint(tmp_path):
+    """A 10-class checkpoint builds a 10-class model; no head is silently re-initialised."""
+    src = convattn.create_model("resnet_nano", num_classes=10, in_chans=1).eval()
+    x = torch.randn(2, 1, 32, 32)
+    for path in (tmp_path / "own.pth", tmp_path / "own.safetensors"):
+        if path.suffix == ".pth":
+            torch.save({"model": src.state_dict()}, path)
+        else:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+        dst = convattn.create_model("resnet_nano", checkpoint_path=path).eval()
+        assert (dst.num_classes, dst.in_chans) == (10, 1)
+        torch.testing.assert_close(dst(x), src(x))
+        # Another class count is an error naming the way out...
+        with pytest.raises(ValueError, match=r"10-class classifier.*reset_classifier=True"):
+            convattn.create_model("resnet_nano", checkpoint_path=path, num_classes=3)
+        with pytest.raises(ValueError, match="reset_classifier"):
+            load_checkpoint(convattn.create_model("resnet_nano", in_chans=1), path)
+        # ...unless a fresh head is asked for; the backbone is still loaded.
+        fresh = convattn.create_model(
+            "resnet_nano", checkpoint_path=path, num_classes=3, reset_classifier=True
+        )
+        assert fresh.fc.out_features == 3
+        torch.testing.assert_close(fresh.layer4[0].conv2.weight, src.layer4[0].conv2.weight)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"garbage bytes that are not a header"])
+def test_unreadable_safetensors_is_one_clear_error(tmp_path, content):
+    from convattn.models import read_model_info
+    from convattn.models._serialization import checkpoint_info
+
+    good = tmp_path / "good.safetensors"
+    from convattn.models import save_model
+
+    save_model(convattn.create_model("resnet_nano"), good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(content)
+    for path in (truncated, bad):
+        for call in (
+            lambda p: convattn.create_model("resnet_nano", checkpoint_path=p),
+            read_state_dict,
+            read_model_info,
+            checkpoint_info,
+        ):
+            with pytest.raises(ValueError, match="is not a readable checkpoint") as err:
+                call(path)
+            assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unreadable_pth_does_not_relay_weights_only_advice(tmp_path):
+    import argparse
+
+    pickled = tmp_path / "objects.pth"  # e.g. a training script's argparse options
+    state = convattn.create_model("resnet_nano").state_dict()
+    torch.save({"model": state, "args": argparse.Namespace(lr=0.1)}, pickled)
+    for path, reason in ((pickled, "Python objects"), (tmp_path / "junk.pth", "corrupt")):
+        if not path.exists():
+            path.write_bytes(b"junk")
+        with pytest.raises(ValueError, match=reason) as err:
+            convattn.create_model("resnet_nano", checkpoint_path=path)
+        assert str(path) in str(err.value)
+        assert "weights_only" not in str(err.value) and err.value.__cause__ is None
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint_path"):
         convattn.create_model("resnet_nano", checkpoint_path=tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
         read_state_dict(bad)
     other = tmp_path / "other.pth"
     torch.save({"model": convattn.create_model("resnet26").state_dict()}, other)

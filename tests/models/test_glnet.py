@@ -600,7 +600,9 @@ def test_gradcheck_tiny_glnet():
 def test_checkpoint_with_other_num_classes_and_in_chans(tmp_path):
     src = randomize_bn(convattn.create_model("glnet_nano")).eval()
     path = save_official(tmp_path, src.state_dict())
-    model = convattn.create_model("glnet_nano", checkpoint_path=path, num_classes=10, in_chans=1)
+    model = convattn.create_model(
+        "glnet_nano", checkpoint_path=path, num_classes=10, in_chans=1, reset_classifier=True
+    )
     sd = model.state_dict()
     stem = "downsample_layers.0.1.weight"
     torch.testing.assert_close(sd[stem], src.state_dict()[stem].sum(1, keepdim=True))

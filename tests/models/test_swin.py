@@ -304,7 +304,7 @@ def test_official_checkpoint_with_new_head_and_stem(tmp_path):
     path = tmp_path / "nano.pth"
     torch.save({"model": sd}, path)
     loaded = convattn.create_model(
-        "acmix_swin_nano", checkpoint_path=path, num_classes=7, in_chans=1
+        "acmix_swin_nano", checkpoint_path=path, num_classes=7, in_chans=1, reset_classifier=True
     ).eval()
     assert loaded(torch.randn(2, 1, 32, 32)).shape == (2, 7)
     torch.testing.assert_close(

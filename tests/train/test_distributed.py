@@ -89,3 +89,46 @@ def test_two_processes_equal_one_process(tmp_path, child_env):
         assert ddp_row["step"] == row["step"]
     # Only rank 0 wrote: one metrics line per epoch, one config.
     assert (ddp_dir / "config.yaml").is_file()
+
+
+def test_logged_validation_is_that_of_the_saved_weights(tmp_path, child_env):
+    """With BatchNorm, every rank's running statistics see only its own batches; the figure
+    logged (all ranks' shards) must still be that of the one saved model."""
+    from convattn.train import evaluate_checkpoint
+
+    out = tmp_path / "ddp_bn"
+    options = dict(
+        model="resnet_nano",
+        data="synthetic:shapes:32:20",
+        img_size=12,
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        quiet=True,
+        plots=False,
+        ema=True,
+        ema_decay=0.5,
+        out=str(out),
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "convattn", "train", *_flags(options)]
+    proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (row,) = MetricsFile(out / "metrics.jsonl").read()
+    last = evaluate_checkpoint(out / "last.safetensors", options["data"], workers=0, device="cpu")
+    assert last["count"] == 20
+    assert last["loss"] == pytest.approx(row["val_loss"], rel=1e-5, abs=1e-6)
+    assert last["top1"] == pytest.approx(row["val_top1"])
+    # The EMA's statistics too: its logged figure is that of the EMA weights resume.pt holds.
+    from convattn.models import create_model, read_model_info, save_model
+    from convattn.train import load_resume_state
+
+    ema_state = load_resume_state(out / "resume.pt")["ema"]
+    ema = create_model("resnet_nano", num_classes=4)
+    ema.load_state_dict({k[7:]: v for k, v in ema_state.items() if k.startswith("module.")})
+    meta = read_model_info(out / "last.safetensors")["config"]
+    save_model(ema, tmp_path / "ema.safetensors", model_name="resnet_nano", **meta)
+    scored = evaluate_checkpoint(
+        tmp_path / "ema.safetensors", options["data"], workers=0, device="cpu"
+    )
+    assert scored["loss"] == pytest.approx(row["ema_val_loss"], rel=1e-5, abs=1e-6)

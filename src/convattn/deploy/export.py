@@ -544,7 +544,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     )
     parser.add_argument("--out", required=True, metavar="PATH", help="output .onnx or .pt2 file")
     parser.add_argument(
-        "--format", choices=FORMATS, help="file format (default: from --out's suffix, else onnx)"
+        "--format",
+        choices=FORMATS,
+        help="file format (default: from --out's suffix, which must then be .onnx or .pt2)",
     )
     parser.add_argument(
         "--img-size", type=int, nargs="+", metavar="PX", help="H [W] (default: the model's)"
@@ -578,19 +580,39 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+
+
+def _output_format(out: str, fmt: str | None) -> str:
+    """The format of ``--out``: its suffix (.onnx, .pt2) must agree with ``--format`` if given."""
+    suffix = Path(out).suffix.lower()
+    implied = _SUFFIXES.get(suffix)
+    if fmt is None:
+        if implied is None:
+            raise ValueError(
+                f"--out {out}: name an .onnx or a .pt2 file, or give --format onnx|pt2 "
+                "to write that format under this name"
+            )
+        return implied
+    if implied is not None and implied != fmt:
+        raise ValueError(f"--out {out} has the suffix of a {implied} file but --format is {fmt}")
+    return fmt
+
+
 def export_command(args: argparse.Namespace) -> int:
     """``convattn export``: build (and load) a model, export it, print the verified result."""
-    from ..models import create_model, is_model, read_model_info
+    from ..models import create_model, is_model
+    from ..models._serialization import checkpoint_info, constructor_options
 
+    fmt = _output_format(str(args.out), args.format)
     name, config = args.model, {}
     checkpoint = args.checkpoint
-    if checkpoint and str(checkpoint).endswith(".safetensors"):
-        try:
-            info = read_model_info(checkpoint)
-        except ValueError:
-            info = {}
+    if checkpoint:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint: no such file: {checkpoint}")
+        info = checkpoint_info(checkpoint)
         name = name or info.get("model")
-        config = dict(info.get("config") or {})
+        config = constructor_options(info)
     if not name:
         raise ValueError("give --model (the checkpoint does not name its model)")
     if not is_model(name):
@@ -599,7 +621,6 @@ def export_command(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     model = create_model(name, checkpoint_path=checkpoint, **config)
-    fmt = args.format or ("pt2" if str(args.out).endswith(".pt2") else "onnx")
     img_size = None
     if args.img_size:
         if len(args.img_size) > 2:

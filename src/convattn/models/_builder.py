@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._io import torch_load_tensors
 from ._features import FeatureListNet
 from ._registry import get_pretrained_cfg, model_entrypoint
 
@@ -36,40 +37,83 @@ def create_model(
     drop_path_rate: float | None = None,
     features_only: bool = False,
     out_indices: Sequence[int] | int | None = None,
+    reset_classifier: bool = False,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model by name, optionally loading a checkpoint.
 
     Arguments given as None never override the model's defaults. With ``checkpoint_path`` the
-    weights are loaded into the full model first (adapting the stem to ``in_chans`` and
-    re-initialising the classifier if ``num_classes`` differs), then ``features_only`` wraps it.
+    weights are loaded into the full model first, then ``features_only`` wraps it. The class
+    count and input channels then come from the checkpoint unless given: a 10-class checkpoint
+    builds a 10-class model. A ``num_classes`` that differs from the checkpoint's classifier is
+    an error unless ``reset_classifier=True`` asks for a new, randomly initialised head; a
+    different ``in_chans`` adapts the stem (see :func:`adapt_input_conv`).
 
     Args:
         model_name: a name from :func:`list_models`.
         checkpoint_path: a local checkpoint file (ours or the official release).
-        num_classes: classifier outputs (0 removes the classifier).
-        in_chans: input channels.
+        num_classes: classifier outputs (0 removes the classifier; default: the checkpoint's,
+            else the model's).
+        in_chans: input channels (default: the checkpoint's, else the model's).
         drop_path_rate: stochastic-depth rate of the deepest block.
         features_only: return a :class:`FeatureListNet` yielding multi-scale NCHW maps.
         out_indices: stages returned with ``features_only`` (default all four).
+        reset_classifier: with ``checkpoint_path`` and a ``num_classes`` other than the
+            checkpoint's, start a new classifier instead of raising.
         **kwargs (Any): model-specific options (e.g. ``deploy=True``).
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        ValueError: the checkpoint is unreadable, or its classifier does not fit ``num_classes``
+            and ``reset_classifier`` is False.
+        RuntimeError: the checkpoint's other weights do not fit the model.
     """
     entry = model_entrypoint(model_name)
     given = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)
     kwargs.update({k: v for k, v in given.items() if v is not None})
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    model = entry(**kwargs)
-    cfg = get_pretrained_cfg(model_name)
-    cfg.update(getattr(model, "pretrained_cfg", {}) or {})
-    cfg["architecture"] = model_name
-    model.pretrained_cfg = cfg
+
+    def build(options: dict) -> nn.Module:
+        model = entry(**options)
+        cfg = get_pretrained_cfg(model_name)
+        cfg.update(getattr(model, "pretrained_cfg", {}) or {})
+        cfg["architecture"] = model_name
+        model.pretrained_cfg = cfg
+        return model
+
+    model = build(kwargs)
     if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path)
+        cfg = model.pretrained_cfg
+        raw = read_state_dict(checkpoint_path, prefer_key=cfg.get("checkpoint_key"))
+        shape = _shape_of_checkpoint(_filtered(model, raw), cfg)
+        inferred = {k: v for k, v in shape.items() if k not in kwargs and v is not None}
+        if any(getattr(model, k, None) != v for k, v in inferred.items()):
+            model = build(kwargs | inferred)
+        _load_state(model, raw, checkpoint_path, strict=True, reset_classifier=reset_classifier)
     if features_only:
         model = FeatureListNet(model, out_indices)
     elif out_indices is not None:
         raise ValueError("create_model: 'out_indices' is only used with features_only=True")
     return model
+
+
+def _filtered(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` mapped to ``model``'s key layout by its family's ``checkpoint_filter_fn``."""
+    family = sys.modules.get(type(model).__module__)
+    filter_fn = getattr(family, "checkpoint_filter_fn", None)
+    return filter_fn(dict(state), model) if filter_fn is not None else dict(state)
+
+
+def _shape_of_checkpoint(state: Mapping[str, torch.Tensor], cfg: Mapping) -> dict[str, int | None]:
+    """The class count and input channels a (filtered) state dict was trained with."""
+    classes = chans = None
+    head = state.get(f"{cfg.get('classifier')}.weight") if cfg.get("classifier") else None
+    if head is not None and head.ndim == 2:
+        classes = int(head.shape[0])
+    stem = state.get(f"{cfg.get('first_conv')}.weight") if cfg.get("first_conv") else None
+    if stem is not None and stem.ndim == 4:
+        chans = int(stem.shape[1])
+    return {"num_classes": classes, "in_chans": chans}
 
 
 def read_state_dict(path: str | Path, prefer_key: str | None = None) -> dict[str, torch.Tensor]:
@@ -82,14 +126,11 @@ def read_state_dict(path: str | Path, prefer_key: str | None = None) -> dict[str
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint_path: no such file: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ._serialization import load_safetensors
 
-        obj: object = load_file(str(path))
+        obj: object = load_safetensors(path)
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt, truncated or not a torch file
-            raise ValueError(f"checkpoint_path: cannot read {path}: {err}") from err
+        obj = torch_load_tensors(path, what="checkpoint")
     return unwrap_state_dict(obj, source=str(path), prefer_key=prefer_key)
 
 
@@ -136,18 +177,44 @@ def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
 
 
 def load_checkpoint(
-    model: nn.Module, checkpoint_path: str | Path, strict: bool = True
+    model: nn.Module,
+    checkpoint_path: str | Path,
+    strict: bool = True,
+    *,
+    reset_classifier: bool = False,
 ) -> dict[str, list[str]]:
-    """Load a checkpoint into ``model`` (ours or an official one), adapting stem and classifier.
+    """Load a checkpoint into ``model`` (ours or an official one), adapting the stem.
 
-    Returns the lists of re-initialised and ignored keys.
+    Args:
+        model: the model to fill (built with the class count and input channels wanted).
+        checkpoint_path: the file.
+        strict: raise when keys are missing, unexpected or of another shape.
+        reset_classifier: when the checkpoint's classifier has another class count than
+            ``model``'s, keep ``model``'s freshly initialised head (listed under
+            ``"reinitialized"``) instead of raising.
+
+    Returns:
+        The lists of re-initialised, missing, unexpected and mismatched keys.
+
+    Raises:
+        ValueError: the file is not a readable checkpoint, or its classifier does not fit and
+            ``reset_classifier`` is False.
+        RuntimeError: with ``strict``, other weights that do not fit.
     """
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     state = read_state_dict(checkpoint_path, prefer_key=cfg.get("checkpoint_key"))
-    family = sys.modules.get(type(model).__module__)
-    filter_fn = getattr(family, "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        state = filter_fn(state, model)
+    return _load_state(model, state, checkpoint_path, strict, reset_classifier)
+
+
+def _load_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    checkpoint_path: str | Path,
+    strict: bool,
+    reset_classifier: bool,
+) -> dict[str, list[str]]:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    state = _filtered(model, state)
     own = model.state_dict()
     reinit: list[str] = []
 
@@ -163,15 +230,32 @@ def load_checkpoint(
 
     classifier = cfg.get("classifier")
     if classifier:
-        for suffix in (".weight", ".bias"):
-            key = classifier + suffix
-            if key in state and (key not in own or own[key].shape != state[key].shape):
+        # A head with another class count (the same input width): a different classifier.
+        # Another input width means another architecture, reported below as mismatched keys.
+        weight = classifier + ".weight"
+        misfits = []
+        if weight in state and weight in own:
+            theirs, ours = state[weight].shape, own[weight].shape
+            if theirs != ours and theirs[1:] == ours[1:]:
+                misfits = [k for k in (weight, classifier + ".bias") if k in state and k in own]
+        if misfits and not reset_classifier:
+            theirs = _shape_of_checkpoint(state, cfg)["num_classes"]
+            raise ValueError(
+                f"checkpoint_path: {checkpoint_path} has a {theirs}-class classifier "
+                f"('{classifier}'), the model has num_classes="
+                f"{getattr(model, 'num_classes', '?')}; build the model with the checkpoint's "
+                "class count, or pass reset_classifier=True (--reset-classifier) to start a "
+                "new, randomly initialised classifier"
+            )
+        for key in (classifier + ".weight", classifier + ".bias"):
+            # A checkpoint head for a model built without one (num_classes=0) is dropped too.
+            if key in state and (key not in own or key in misfits):
                 state.pop(key)
                 if key in own:
                     reinit.append(key)
         if reinit:
             _logger.warning(
-                "Classifier '%s' re-initialised: checkpoint head does not match num_classes=%s",
+                "Classifier '%s' re-initialised (reset_classifier=True): num_classes=%s",
                 classifier,
                 getattr(model, "num_classes", "?"),
             )

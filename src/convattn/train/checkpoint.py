@@ -10,9 +10,11 @@ A run folder holds:
   tensors, containers and primitives (RNG states are stored as tensors);
 - ``config.yaml`` and ``metrics.jsonl``.
 
-Every file is written to a temporary sibling and renamed over the target
-(:func:`convattn._io.atomic_write`), so a crash or ``SIGKILL`` mid-write leaves the previous file
-intact; ``resume.pt`` is written last in an epoch and is the commit point of that epoch.
+Every file is written inside a temporary ``.convattn-tmp-*`` folder beside the target and renamed
+over it (:func:`convattn._io.atomic_write`), so a crash or ``SIGKILL`` mid-write leaves the
+previous file intact; ``resume.pt`` is written last in an epoch and is the commit point of that
+epoch. :func:`remove_stale_temporaries` removes the ``.convattn-tmp-*`` leftovers of such a kill,
+and nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write
+from .._io import atomic_write, remove_stale_temporaries, torch_load_tensors
 
 __all__ = [
     "BEST_WEIGHTS",
@@ -94,19 +96,7 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, corrupt, or holding objects weights_only refuses
-        raise ValueError(f"cannot read resume file {path}: {str(err).splitlines()[0]}") from err
+    state = torch_load_tensors(path, what="resume file")
     if not isinstance(state, dict) or state.get("format") != "convattn-resume/1":
         raise ValueError(f"{path} is not a convattn resume file")
     return state
-
-
-def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
-    """Delete temporary files left by a write that was killed before its rename."""
-    removed = []
-    for tmp in Path(run_dir).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed

@@ -119,10 +119,15 @@ class TrainConfig:
     out: str | None = _opt(None, "run folder (default: runs/train/MODEL)", metavar="DIR")
     resume: str | None = _opt(
         None,
-        "'auto' (continue the run in --out if there is one) or a resume.pt path (default: new run)",
+        "'auto' (continue the run in --out if there is one, else start one in a new or empty "
+        "folder) or a resume.pt path (default: new run)",
         metavar="R",
     )
-    overwrite: bool = _opt(False, "start afresh even if --out already holds a run")
+    overwrite: bool = _opt(
+        False,
+        "start afresh even if --out already holds files: they are moved to a new folder "
+        "<out>.old-<date>-<time> beside it, never deleted",
+    )
     plots: bool = _opt(True, "write PNG loss/accuracy plots at the end")
     quiet: bool = _opt(False, "no progress bars or per-epoch lines")
 

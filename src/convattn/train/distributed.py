@@ -20,6 +20,7 @@ __all__ = [
     "DistContext",
     "all_gather_objects",
     "all_reduce_sum",
+    "average_buffers",
     "barrier",
     "cleanup_distributed",
     "init_distributed",
@@ -116,6 +117,27 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Make ``module``'s buffers equal on every rank: floating ones averaged, others rank 0's.
+
+    DDP averages gradients but not buffers, so BatchNorm running statistics drift apart on each
+    rank's own batches; after this every rank holds one model (the one rank 0 saves).
+    """
+    if not ctx.distributed:
+        return
+    world = ctx.world_size
+    for buf in module.buffers():
+        tensor = buf.detach()
+        if tensor.is_floating_point() or tensor.is_complex():
+            # NCCL reduces device tensors only; Gloo takes CPU tensors: both are buf's device.
+            reduced = tensor.clone()
+            dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+            tensor.copy_(reduced / world)
+        else:
+            dist.broadcast(tensor, src=0)
 
 
 def barrier(ctx: DistContext) -> None:

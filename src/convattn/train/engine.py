@@ -33,6 +33,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .._io import TEMP_PREFIX
 from .checkpoint import (
     BEST_WEIGHTS,
     LAST_WEIGHTS,
@@ -47,6 +48,7 @@ from .config import TrainConfig
 from .distributed import (
     DistContext,
     all_gather_objects,
+    average_buffers,
     barrier,
     cleanup_distributed,
     init_distributed,
@@ -180,6 +182,33 @@ def _check_model_name(name: str) -> None:
         )
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _is_own_temporary(path: Path) -> bool:
+    return path.name.startswith(TEMP_PREFIX)
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """Move everything in ``run_dir`` into a new sibling ``<name>.old-<time>`` folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = run_dir.resolve()
+    aside = base.with_name(f"{base.name}.old-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = base.with_name(f"{base.name}.old-{stamp}-{n}")
+    aside.mkdir()
+    for entry in sorted(run_dir.iterdir()):
+        if not _is_own_temporary(entry):
+            entry.rename(aside / entry.name)
+    return aside
+
+
 def _default_img_size(name: str, model: nn.Module | None) -> int:
     from ..models import get_pretrained_cfg
 
@@ -308,6 +337,13 @@ class _Run:
 
     # --- set-up ------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
+        """Check the run folder and the resume state, then (rank 0) write ``config.yaml``.
+
+        Everything is validated before anything is written. A folder is written to only when it
+        is new or empty, when it holds this very run being resumed (or a start of the same
+        experiment that never finished an epoch), or with ``--overwrite``, which moves the old
+        contents to a new folder beside it.
+        """
         cfg, ctx = self.cfg, self.ctx
         resume_file = self.run_dir / RESUME_FILE
         resume_path: Path | None = None
@@ -315,27 +351,82 @@ class _Run:
             resume_path = resume_file if resume_file.is_file() else None
         elif cfg.resume:
             resume_path = Path(cfg.resume)
-        if resume_path is None and resume_file.exists() and not cfg.overwrite:
-            raise ValueError(
-                f"run folder {self.run_dir} already holds a run; continue it with --resume auto, "
-                "or start afresh with --overwrite or another --out"
-            )
+        state = self._read_resume(resume_path) if resume_path is not None else None
+        own_run = resume_path is not None and _same_file(resume_path, resume_file)
+        blocking = [] if own_run else self._blocking_contents()
+        if blocking and not cfg.overwrite:
+            raise ValueError(self._occupied_message(blocking))
+        self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl")
+        if state is not None:  # in memory only: a state that does not fit fails before writing
+            self._load_resume(state, resume_path)
         barrier(ctx)  # every rank has looked before rank 0 changes anything
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.run_dir)
-            if resume_path is None:  # a fresh run (--overwrite): nothing of the old one stays
-                for name in (RESUME_FILE, LAST_WEIGHTS, BEST_WEIGHTS, "metrics.jsonl"):
-                    (self.run_dir / name).unlink(missing_ok=True)
+            if blocking:  # --overwrite: the old contents are moved aside, never deleted
+                aside = _move_aside(self.run_dir)
+                self._log(f"--overwrite: moved the previous contents of {self.run_dir} to {aside}")
             self.cfg.replace(resume=None, overwrite=False).to_yaml(self.run_dir / "config.yaml")
+            if state is not None:
+                self.metrics_file.rewrite(self.history)  # drops lines of epochs to be redone
         barrier(ctx)
-        self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl")
-        if resume_path is not None:
-            self._load_resume(resume_path)
-        elif cfg.resume == "auto":
+        if state is None and cfg.resume == "auto":
             self._log(f"no {RESUME_FILE} in {self.run_dir}: starting a new run")
 
-    def _load_resume(self, path: Path) -> None:
+    def _blocking_contents(self) -> list[str]:
+        """Names in the run folder that a new run must not overwrite (``[]``: free to use).
+
+        Free: a missing or empty folder, convattn's own temporaries, and a start of the same
+        experiment that never finished an epoch (``config.yaml`` equal to this run's, an empty
+        ``metrics.jsonl``).
+        """
+        if not self.run_dir.exists():
+            return []
+        if not self.run_dir.is_dir():
+            raise ValueError(f"--out {self.run_dir} is a file, not a folder")
+        names = sorted(p.name for p in self.run_dir.iterdir() if not _is_own_temporary(p))
+        unstarted = {"config.yaml", "metrics.jsonl"}
+        if set(names) <= unstarted and self._same_experiment_config():
+            metrics = self.run_dir / "metrics.jsonl"
+            if not metrics.exists() or (metrics.is_file() and metrics.stat().st_size == 0):
+                return []
+        return names
+
+    def _same_experiment_config(self) -> bool:
+        """Whether the folder's ``config.yaml`` describes this run (run-only options aside)."""
+        path = self.run_dir / "config.yaml"
+        if not path.is_file():
+            return False
+        try:
+            theirs = TrainConfig.from_yaml(path)
+        except (OSError, ValueError):
+            return False
+        theirs = theirs.replace(img_size=theirs.img_size or self.cfg.img_size)
+        a, b = theirs.to_dict(), self.cfg.to_dict()
+        return all(a[k] == b[k] for k in a if k not in _RUN_ONLY_OPTIONS)
+
+    def _occupied_message(self, names: list[str]) -> str:
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        aside = "pass --overwrite to move them to a new folder beside it (nothing is deleted)"
+        if RESUME_FILE in names:
+            return (
+                f"run folder {self.run_dir} already holds a run; continue it with --resume auto, "
+                "or start afresh with --overwrite (its files are moved to a new folder beside "
+                "it) or another --out"
+            )
+        if self.cfg.resume == "auto":
+            return (
+                f"run folder {self.run_dir} has no {RESUME_FILE} to continue from, but holds "
+                f"{shown}; a new run would overwrite them, so nothing was changed: {aside}, or "
+                "choose another --out"
+            )
+        return (
+            f"--out {self.run_dir} already holds files that are not a run of this experiment "
+            f"({shown}); nothing was changed: choose another --out, or {aside}"
+        )
+
+    def _read_resume(self, path: Path) -> dict[str, Any]:
+        """Read a resume file and check that it can continue this run (nothing is written)."""
         state = load_resume_state(path)
         saved, current = state.get("config", {}), self.cfg.to_dict()
         for key in _MUST_MATCH_ON_RESUME:
@@ -345,6 +436,10 @@ class _Run:
                     f"{key}={current[key]!r}; repeat the run's options (e.g. --config "
                     f"{path.parent / 'config.yaml'} --resume auto)"
                 )
+        return state
+
+    def _load_resume(self, state: dict[str, Any], path: Path) -> None:
+        saved, current = state.get("config", {}), self.cfg.to_dict()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -377,8 +472,6 @@ class _Run:
         )
         if changed:
             warnings.warn(f"resume: options changed since the checkpoint: {changed}", stacklevel=2)
-        if self.ctx.is_main:
-            self.metrics_file.rewrite(self.history)
         self._log(f"resumed {path} at epoch {self.start_epoch}/{self.cfg.epochs}, step {self.step}")
 
     # --- loop --------------------------------------------------------------------------------
@@ -478,6 +571,11 @@ class _Run:
                 progress.update()
         if progress is not None:
             progress.close()
+        # Each rank's BatchNorm statistics saw only its own batches: average them (and the
+        # EMA's) so that every rank evaluates, and rank 0 saves, one and the same model.
+        average_buffers(self.model, self.ctx)
+        if self.ema is not None:
+            average_buffers(self.ema, self.ctx)
         elapsed = time.perf_counter() - t0
         stats = meter.compute(self.ctx)
         return {
@@ -566,6 +664,8 @@ class _Run:
             "best_epoch": self.best_epoch,
             "history": self.history,
             "config": self.cfg.to_dict(),
+            # What `convattn eval` needs to score these weights as the run did.
+            "weights_meta": self._weights_meta(epoch, None),
         }
 
     # --- reporting ---------------------------------------------------------------------------

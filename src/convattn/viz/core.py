@@ -196,15 +196,13 @@ class _Loaded:
 
 
 def _our_metadata(path: Path) -> dict[str, Any]:
-    """The JSON of one of our checkpoints, or {} for other files (official ``.pth`` etc.)."""
-    if path.suffix != ".safetensors":
-        return {}
-    from ..models import read_model_info
+    """The JSON of one of our checkpoints, or {} for other files (official ``.pth`` etc.).
 
-    try:
-        return read_model_info(path)
-    except Exception:  # not ours: loading reports real problems with the path
-        return {}
+    An unreadable ``.safetensors`` file is a ValueError naming it.
+    """
+    from ..models._serialization import checkpoint_info
+
+    return checkpoint_info(path)
 
 
 def _load_model(

@@ -36,6 +36,7 @@ def create_model(
     drop_path_rate: float | None = None,
     features_only: bool = False,
     out_indices: Sequence[int] | int | None = None,
+    init_from: str | Path | Mapping[str, torch.Tensor] | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model by name, optionally loading a checkpoint.
@@ -44,27 +45,58 @@ def create_model(
     weights are loaded into the full model first (adapting the stem to ``in_chans`` and
     re-initialising the classifier if ``num_classes`` differs), then ``features_only`` wraps it.
 
+    ``model_name`` may also be ``"local-dir:FOLDER"``, a folder written by
+    :func:`~convattn.models.hub.save_pretrained` (the other arguments then override the saved ones).
+
+    ``init_from`` starts the model from ImageNet weights of a related model (a ResNet-50 for the
+    X-volution and ACmix ResNets, a Swin for ACmix-Swin): every tensor whose name and shape match
+    is loaded, the rest keeps its initialisation; the report is ``model.init_report`` (see
+    :func:`~convattn.models.init_from_pretrained`).
+
     Args:
-        model_name: a name from :func:`list_models`.
+        model_name: a name from :func:`list_models`, or ``"local-dir:FOLDER"``.
         checkpoint_path: a local checkpoint file (ours or the official release).
         num_classes: classifier outputs (0 removes the classifier).
         in_chans: input channels.
         drop_path_rate: stochastic-depth rate of the deepest block.
         features_only: return a :class:`FeatureListNet` yielding multi-scale NCHW maps.
         out_indices: stages returned with ``features_only`` (default all four).
+        init_from: a checkpoint path or state dict to initialise from by name and shape
+            (torchvision/timm ResNet, timm or official Swin layouts).
         **kwargs (Any): model-specific options (e.g. ``deploy=True``).
     """
+    if isinstance(model_name, str) and model_name.startswith("local-dir:"):
+        from .hub import create_model_from_folder
+
+        if init_from is not None:
+            raise ValueError("create_model: 'init_from' cannot be combined with 'local-dir:'")
+        given = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)
+        return create_model_from_folder(
+            model_name[len("local-dir:") :],
+            checkpoint_path=checkpoint_path,
+            features_only=features_only,
+            out_indices=out_indices,
+            **given,
+            **kwargs,
+        )
+    if init_from is not None and checkpoint_path is not None:
+        raise ValueError("create_model: give 'init_from' or 'checkpoint_path', not both")
     entry = model_entrypoint(model_name)
     given = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)
     kwargs.update({k: v for k, v in given.items() if v is not None})
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     model = entry(**kwargs)
+    model._model_args = dict(kwargs)  # constructor options (timm's attribute name), for saving
     cfg = get_pretrained_cfg(model_name)
     cfg.update(getattr(model, "pretrained_cfg", {}) or {})
     cfg["architecture"] = model_name
     model.pretrained_cfg = cfg
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
+    if init_from is not None:
+        from ._init_from import init_from_pretrained
+
+        model.init_report = init_from_pretrained(model, init_from)
     if features_only:
         model = FeatureListNet(model, out_indices)
     elif out_indices is not None:

@@ -19,8 +19,13 @@ ours, and leaves the rest at its initialisation:
 * **GLNet**: names as they are.
 
 A stem with other input channels is adapted (:func:`~convattn.models.adapt_input_conv`); a
-classifier of another size keeps its initialisation. If fewer than ``min_loaded`` (default half)
-of the model's tensors load, the source is not a related model and a ValueError says so.
+classifier of another size keeps its initialisation.
+
+A source that is not a related model is an error, not a silent success: at least ``min_loaded``
+(default half) of the model's weights (counted in elements) must load, *and* at least that share of
+the source's weights (its classifier aside) must find a place. The second condition catches, for
+instance, ResNet-50 weights given to a ResNet-34: their 3x3 convolutions have the same names and
+shapes, but most of the checkpoint would be dropped.
 """
 
 from __future__ import annotations
@@ -55,8 +60,11 @@ class InitReport:
         layout: the source layout recognised (``"ours"``, ``"timm-swin"``).
         loaded: model keys loaded from the source.
         initialised: model keys that keep their initialisation.
-        unused: source keys not loaded (no such name, or another shape).
+        unused: source keys not loaded (no such name, or another shape; the deterministic
+            buffers ``relative_position_index`` and ``attn_mask`` are never loaded nor listed).
         mapped: model key -> source key, where the names differ (layout and operator mappings).
+        fraction_loaded: share of the model's weight elements loaded.
+        fraction_used: share of the source's weight elements (classifier aside) loaded.
     """
 
     source: str
@@ -65,18 +73,16 @@ class InitReport:
     initialised: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     mapped: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def fraction_loaded(self) -> float:
-        total = len(self.loaded) + len(self.initialised)
-        return len(self.loaded) / total if total else 0.0
+    fraction_loaded: float = 0.0
+    fraction_used: float = 0.0
 
     def summary(self) -> str:
         return (
             f"init_from {self.source} ({self.layout} layout): loaded "
             f"{len(self.loaded)}/{len(self.loaded) + len(self.initialised)} tensors "
-            f"({len(self.mapped)} through name mappings); initialised {len(self.initialised)}, "
-            f"unused from the source {len(self.unused)}"
+            f"({self.fraction_loaded:.0%} of the weights, {len(self.mapped)} through name "
+            f"mappings); initialised {len(self.initialised)}; unused from the source "
+            f"{len(self.unused)} ({1 - self.fraction_used:.0%} of its weights)"
         )
 
 
@@ -119,6 +125,11 @@ def _candidates(key: str) -> list[str]:
     return names
 
 
+def _share(part: list[torch.Tensor], whole: list[torch.Tensor]) -> float:
+    total = sum(t.numel() for t in whole)
+    return sum(t.numel() for t in part) / total if total else 0.0
+
+
 def init_from_pretrained(
     model: nn.Module,
     source: str | Path | Mapping[str, torch.Tensor],
@@ -130,14 +141,15 @@ def init_from_pretrained(
         model: a convattn model (before any ``features_only`` wrapping).
         source: a checkpoint file (``.pth``/``.pt``/``.bin``/``.safetensors``, possibly wrapped
             under ``model``/``state_dict``) or a state dict.
-        min_loaded: smallest fraction of the model's tensors that must load.
+        min_loaded: smallest share of the model's weights that must load, and of the source's
+            weights (classifier aside) that must be used.
 
     Returns:
         The :class:`InitReport` (also logged at INFO level).
 
     Raises:
-        ValueError: fewer than ``min_loaded`` of the model's tensors load (names the counts and
-            examples of what did not match).
+        ValueError: less than ``min_loaded`` of the model loads or of the source is used (names
+            the shares and examples of what did not match).
     """
     if not 0.0 <= min_loaded <= 1.0:
         raise ValueError(f"init_from: 'min_loaded' must be in [0, 1], got {min_loaded!r}")
@@ -159,6 +171,7 @@ def init_from_pretrained(
     report = InitReport(source=label, layout=layout)
     selected: dict[str, torch.Tensor] = {}
     used: set[str] = set()
+    own_counted: list[str] = []
     for key, target in own.items():
         if key.endswith(_DETERMINISTIC[1:]):  # rebuilt by the model itself
             continue
@@ -182,15 +195,28 @@ def init_from_pretrained(
                 report.mapped[key] = renames.get(name, name)
             break
         if counted:
+            own_counted.append(key)
             (report.loaded if key in selected else report.initialised).append(key)
-    report.unused = sorted(renames.get(k, k) for k in state if k not in used)
+    report.unused = sorted(
+        renames.get(k, k) for k in state if k not in used and not k.endswith(_DETERMINISTIC[1:])
+    )
 
-    if report.fraction_loaded < min_loaded:
+    head = f"{cfg['classifier']}." if cfg.get("classifier") else None
+    counted_src = [
+        k for k in state if not k.endswith(_DETERMINISTIC) and not (head and k.startswith(head))
+    ]
+    report.fraction_loaded = _share([own[k] for k in report.loaded], [own[k] for k in own_counted])
+    report.fraction_used = _share(
+        [state[k] for k in counted_src if k in used], [state[k] for k in counted_src]
+    )
+    if min(report.fraction_loaded, report.fraction_used) < min_loaded:
         raise ValueError(
-            f"init_from: only {len(report.loaded)} of {len(report.loaded) + len(report.initialised)} "
-            f"tensors of {type(model).__name__} match {label} by name and shape (at least "
-            f"{min_loaded:.0%} must); is it a checkpoint of a related model? Not matched, e.g. "
-            f"{report.initialised[:5]}; unused source keys, e.g. {report.unused[:5]}"
+            f"init_from: {label} does not fit {type(model).__name__}: "
+            f"{report.fraction_loaded:.0%} of the model's weights load "
+            f"({len(report.loaded)} of {len(own_counted)} tensors) and {report.fraction_used:.0%} "
+            f"of the source's are used; at least {min_loaded:.0%} of each must. Is it a checkpoint "
+            f"of a related model? Not loaded, e.g. {report.initialised[:5]}; unused source keys, "
+            f"e.g. {report.unused[:5]}"
         )
     model.load_state_dict(selected, strict=False)
     _logger.info(report.summary())

@@ -45,6 +45,7 @@ FORMAT = "convattn-hub/1"
 # Arguments that config.json records elsewhere (num_classes, input_size) or that only matter for
 # training (drop rates): never written to model_args.
 _NOT_MODEL_ARGS = ("num_classes", "in_chans", "drop_path_rate", "drop_rate", "pretrained")
+_TUPLE_KEYS = ("input_size", "mean", "std", "pool_size", "test_input_size", "min_input_size")
 _DATA_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "pool_size")
 
 
@@ -228,7 +229,7 @@ def create_model_from_folder(folder: str | Path, **kwargs: Any) -> nn.Module:
     model = create_model(name, checkpoint_path=_weights_file(folder), **(saved | given))
     target = model.model if hasattr(model, "model") and hasattr(model, "feature_info") else model
     cfg = dict(getattr(target, "pretrained_cfg", {}) or {})
-    cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in pcfg.items()})
+    cfg.update({k: tuple(v) if k in _TUPLE_KEYS and v else v for k, v in pcfg.items()})
     cfg.update(architecture=name, source="local-dir", file=str(folder))
     if "input_size" in cfg:
         cfg["input_size"] = (int(target.in_chans), *cfg["input_size"][1:])

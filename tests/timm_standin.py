@@ -11,10 +11,13 @@ anything of the stand-in raises, so a test that really needed torchvision would 
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import importlib.machinery
 import importlib.util
 import sys
 import types
+from collections.abc import Iterator
 
 import pytest
 from torch import nn
@@ -49,13 +52,15 @@ class FrozenBatchNorm2d(nn.Module):
     """Only a type to compare against (timm's freeze helpers); never instantiated here."""
 
 
-def install_torchvision_standin() -> None:
-    """Put the stand-in modules into ``sys.modules`` (no-op if a torchvision is already there)."""
+def install_torchvision_standin() -> list[str]:
+    """Put the stand-in modules into ``sys.modules``; returns their names (none if a torchvision
+    is already there)."""
     if "torchvision" in sys.modules:
-        return
+        return []
 
     def module(name: str, **attrs) -> types.ModuleType:
         mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
         mod.__dict__.update(attrs)
         sys.modules[name] = mod
         return mod
@@ -68,21 +73,32 @@ def install_torchvision_standin() -> None:
         "torchvision.transforms.functional", InterpolationMode=InterpolationMode
     )
     tv.datasets = module("torchvision.datasets", **{n: _placeholder(n) for n in _DATASETS})
+    return [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]
 
 
-def import_timm() -> types.ModuleType:
-    """The real timm with convattn's models registered; skips the test if timm is not installed."""
+@contextlib.contextmanager
+def real_timm() -> Iterator[types.ModuleType]:
+    """The real timm with convattn's models registered; skips the test if timm is not installed.
+
+    A stand-in installed here is removed again on exit (timm keeps the names it imported), so
+    later tests (torch.compile / export probe for torchvision) never see it.
+    """
     if importlib.util.find_spec("timm") is None:
         pytest.skip("timm is not installed (the README's test command installs it)")
+    installed: list[str] = []
     try:
         import torchvision  # noqa: F401
     except Exception:  # absent, or present but unusable with this torch build
         for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
             del sys.modules[name]
-        install_torchvision_standin()
-    import timm
+        installed = install_torchvision_standin()
+    try:
+        import timm
 
-    import convattn
+        import convattn
 
-    convattn.register_timm_models()
-    return timm
+        convattn.register_timm_models()
+        yield timm
+    finally:
+        for name in installed:
+            sys.modules.pop(name, None)

@@ -1,7 +1,7 @@
 """convattn models inside the real timm package: registry, timm's model contract, data config,
 hub-layout folders through timm, and init_from with state dicts of timm's own model classes.
 
-timm is imported through :func:`timm_standin.import_timm` (a test-only torchvision stand-in); the
+timm is imported through :func:`timm_standin.real_timm` (a test-only torchvision stand-in); the
 tests skip when timm is not installed. The contract checks mirror those of timm's own model tests.
 """
 
@@ -16,7 +16,7 @@ import torch
 import convattn
 from convattn.models import timm_bridge
 from convattn.models.timm_bridge import TIMM_PREFIX, timm_name
-from timm_standin import import_timm
+from timm_standin import real_timm
 
 # Cheap models of every family (the contract is per class, the nano models cover each class).
 CHEAP = [
@@ -33,7 +33,8 @@ SWIN_64 = dict(
 
 @pytest.fixture(scope="module")
 def timm():
-    return import_timm()
+    with real_timm() as module:
+        yield module
 
 
 def _input(name: str, batch: int = 2, chans: int = 3) -> torch.Tensor:

@@ -274,3 +274,23 @@ def test_init_from_timm_resnet50_into_xvolution_resnet50(timm):
         assert torch.equal(
             model.layer3[j].conv2.conv_bn.running_var, sd[f"layer3.{j}.bn2.running_var"]
         )
+
+
+def test_import_convattn_after_timm_registers(timm):
+    """`import timm; import convattn` is enough (a fresh interpreter; the stand-in if needed)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    code = (
+        f"import sys; sys.path.insert(0, {str(tests)!r})\n"
+        "try:\n    import torchvision\nexcept Exception:\n"
+        "    from timm_standin import install_torchvision_standin\n"
+        "    install_torchvision_standin()\n"
+        "import timm, convattn\n"
+        "print(timm.is_model('convattn_xvolution_resnet50'), timm.is_model('convattn_glnet_4g'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]

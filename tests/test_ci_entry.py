@@ -18,3 +18,14 @@ def test_official_key_maps_ship_with_the_tests():
     """The tests that need the official layouts read them from the repository, not ../shared."""
     names = {p.name for p in (ROOT / "tests" / "official_keys").glob("*.json")}
     assert {"acmix_resnet26.json", "acmix_swin_tiny.json", "glnet_4g.json"} <= names
+
+
+def test_the_test_command_installs_the_timm_of_the_timm_extra():
+    """The README installs timm without its torchvision requirement, at the `timm` extra's range."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.findall(r"^pip install .*&& python -m pytest.*$", readme, re.M)[0]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (spec,) = re.findall(r'^timm = \["([^"]+)"\]$', pyproject, re.M)
+    assert f'pip install --no-deps "{spec}"' in command
+    test_extra = re.search(r"^test = \[(.*?)^\]", pyproject, re.M | re.S)[1]
+    assert "timm" not in test_extra  # as a requirement it would pull in torchvision

@@ -38,6 +38,7 @@ def create_model(
     features_only: bool = False,
     out_indices: Sequence[int] | int | None = None,
     reset_classifier: bool = False,
+    init_from: str | Path | Mapping[str, torch.Tensor] | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model by name, optionally loading a checkpoint.
@@ -49,8 +50,16 @@ def create_model(
     an error unless ``reset_classifier=True`` asks for a new, randomly initialised head; a
     different ``in_chans`` adapts the stem (see :func:`adapt_input_conv`).
 
+    ``model_name`` may also be ``"local-dir:FOLDER"``, a folder written by
+    :func:`~convattn.models.hub.save_pretrained` (the other arguments then override the saved ones).
+
+    ``init_from`` starts the model from ImageNet weights of a related model (a ResNet-50 for the
+    X-volution and ACmix ResNets, a Swin for ACmix-Swin): every tensor whose name and shape match
+    is loaded, the rest keeps its initialisation; the report is ``model.init_report`` (see
+    :func:`~convattn.models.init_from_pretrained`).
+
     Args:
-        model_name: a name from :func:`list_models`.
+        model_name: a name from :func:`list_models`, or ``"local-dir:FOLDER"``.
         checkpoint_path: a local checkpoint file (ours or the official release).
         num_classes: classifier outputs (0 removes the classifier; default: the checkpoint's,
             else the model's).
@@ -60,6 +69,8 @@ def create_model(
         out_indices: stages returned with ``features_only`` (default all four).
         reset_classifier: with ``checkpoint_path`` and a ``num_classes`` other than the
             checkpoint's, start a new classifier instead of raising.
+        init_from: a checkpoint path or state dict to initialise from by name and shape
+            (torchvision/timm ResNet, timm or official Swin layouts).
         **kwargs (Any): model-specific options (e.g. ``deploy=True``).
 
     Raises:
@@ -68,6 +79,22 @@ def create_model(
             and ``reset_classifier`` is False.
         RuntimeError: the checkpoint's other weights do not fit the model.
     """
+    if isinstance(model_name, str) and model_name.startswith("local-dir:"):
+        from .hub import create_model_from_folder
+
+        if init_from is not None:
+            raise ValueError("create_model: 'init_from' cannot be combined with 'local-dir:'")
+        given = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)
+        return create_model_from_folder(
+            model_name[len("local-dir:") :],
+            checkpoint_path=checkpoint_path,
+            features_only=features_only,
+            out_indices=out_indices,
+            **given,
+            **kwargs,
+        )
+    if init_from is not None and checkpoint_path is not None:
+        raise ValueError("create_model: give 'init_from' or 'checkpoint_path', not both")
     entry = model_entrypoint(model_name)
     given = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)
     kwargs.update({k: v for k, v in given.items() if v is not None})
@@ -75,6 +102,7 @@ def create_model(
 
     def build(options: dict) -> nn.Module:
         model = entry(**options)
+        model._model_args = dict(options)  # constructor options (timm's attribute name), for saving
         cfg = get_pretrained_cfg(model_name)
         cfg.update(getattr(model, "pretrained_cfg", {}) or {})
         cfg["architecture"] = model_name
@@ -90,6 +118,10 @@ def create_model(
         if any(getattr(model, k, None) != v for k, v in inferred.items()):
             model = build(kwargs | inferred)
         _load_state(model, raw, checkpoint_path, strict=True, reset_classifier=reset_classifier)
+    if init_from is not None:
+        from ._init_from import init_from_pretrained
+
+        model.init_report = init_from_pretrained(model, init_from)
     if features_only:
         model = FeatureListNet(model, out_indices)
     elif out_indices is not None:

@@ -17,6 +17,7 @@ from .config import TrainConfig, add_train_arguments, config_from_args
 from .distributed import DistContext, init_distributed
 from .engine import autocast, evaluate, import_model_families, train
 from .evaluation import evaluate_checkpoint
+from .export import export_pretrained
 from .metrics import MetricMeter, topk_correct
 from .optim import create_optimizer, create_scheduler, lr_factor, param_groups, split_decay_params
 from .plots import plot_accuracy_comparison, plot_latency, plot_run
@@ -36,6 +37,7 @@ __all__ = [
     "create_scheduler",
     "evaluate",
     "evaluate_checkpoint",
+    "export_pretrained",
     "import_model_families",
     "init_distributed",
     "load_resume_state",

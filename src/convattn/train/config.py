@@ -55,6 +55,13 @@ class TrainConfig:
         metavar="SPEC",
     )
     img_size: int | None = _opt(None, "input size (default: the model's)", type=int, metavar="PX")
+    init_from: str | None = _opt(
+        None,
+        "start from the ImageNet weights of a related model (a torchvision/timm ResNet-50 "
+        "checkpoint for the ResNet hybrids, a timm or official Swin one for ACmix-Swin): every "
+        "tensor whose name and shape match is loaded",
+        metavar="PATH",
+    )
     # Schedule and optimiser.
     epochs: int = _opt(10, "training epochs", type=int, metavar="N")
     batch_size: int = _opt(64, "images per process and step", type=int, metavar="N")
@@ -129,6 +136,12 @@ class TrainConfig:
         "<out>.old-<date>-<time> beside it, never deleted",
     )
     plots: bool = _opt(True, "write PNG loss/accuracy plots at the end")
+    export_dir: str | None = _opt(
+        None,
+        "at the end, also write the best weights as a hub-layout folder (config.json + "
+        "model.safetensors) for create_model('local-dir:DIR') and timm",
+        metavar="DIR",
+    )
     quiet: bool = _opt(False, "no progress bars or per-epoch lines")
 
     # --- construction ----------------------------------------------------------------------

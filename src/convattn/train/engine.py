@@ -250,7 +250,12 @@ class _Run:
                 num_classes=data.num_classes,
                 in_chans=data.in_chans,
                 drop_path_rate=cfg.drop_path,
+                init_from=cfg.init_from,
             )
+            if cfg.init_from is not None and ctx.is_main:
+                self._log(model.init_report.summary())
+        elif cfg.init_from is not None:
+            raise ValueError("TrainConfig: 'init_from' only applies to a model built by name")
         model.to(self.device)
         if ctx.distributed and self.device.type == "cuda" and cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -497,6 +502,11 @@ class _Run:
             from .plots import plot_run
 
             plot_run(self.history, self.run_dir / "curves.png", title=f"{cfg.model} on {cfg.data}")
+        if self.ctx.is_main and cfg.export_dir:
+            from .export import export_pretrained
+
+            folder = export_pretrained(self.run_dir, cfg.export_dir)
+            self._log(f"exported the best weights to {folder}")
         return self._summary(time.perf_counter() - t_start)
 
     def _set_epoch(self, epoch: int) -> None:

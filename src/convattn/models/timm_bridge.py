@@ -1,0 +1,412 @@
+"""convattn's models inside timm's registry, with timm's model interface.
+
+Once registered (:func:`register_timm_models`), every convattn model is available to
+``timm.create_model`` and so to the tools built on it (timm's ``train.py``, ``validate.py`` and
+``benchmark.py``, open_clip's timm image towers, mmpretrain's ``TIMMBackbone``, HF transformers'
+``TimmBackbone``).
+
+Naming: each model is registered as ``convattn_<name>`` (``convattn_resnet50``,
+``convattn_swin_tiny``, ``convattn_xvolution_resnet50``, ...). The prefix keeps our baselines
+apart from timm's own models of the same name (timm's ``resnet50`` and ``swin_tiny_*`` stay
+timm's), and no later timm release can collide with a hybrid. A name timm already knows is never
+overwritten: it is skipped with a warning.
+
+Registration: ``import convattn`` registers the models when timm has already been imported;
+otherwise call :func:`register_timm_models` (or ``convattn.register_timm_models()``) once, which
+imports timm. The call is idempotent.
+
+timm's interface is provided by adapter classes (:class:`TimmResNet`, :class:`TimmSwinTransformer`,
+:class:`TimmGLNet`): subclasses of our families with the same parameters and state-dict keys that
+add what timm's contract asks for:
+
+* ``reset_classifier(num_classes, global_pool=None)`` with pooling ``"avg"``, ``"max"``,
+  ``"avgmax"`` or ``""`` (no pooling: ``forward`` then returns the NCHW map, classifier removed);
+* ``forward_head(x, pre_logits=False)`` with classifier dropout ``drop_rate`` (timm's meaning of
+  ``drop_rate``: dropout before the classifier);
+* ``set_grad_checkpointing(enable)``: activation checkpointing per stage (outputs unchanged);
+* ``forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)`` and
+  ``prune_intermediate_layers`` (timm's signatures; ``features_only=True`` uses them);
+* ``pretrained_cfg`` / ``default_cfg`` with every field timm's data pipeline reads.
+
+:func:`to_timm_model` turns a model built by :func:`convattn.create_model` into its adapter in
+place (the parameters are untouched).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ._features import resolve_out_indices
+from ._registry import get_pretrained_cfg, list_models, model_entrypoint
+from .glnet import GLNet
+from .resnet import ResNet
+from .swin import SwinTransformer
+
+__all__ = [
+    "TIMM_PREFIX",
+    "TimmContract",
+    "TimmGLNet",
+    "TimmResNet",
+    "TimmSwinTransformer",
+    "convattn_name",
+    "register_timm_models",
+    "timm_name",
+    "timm_pretrained_cfg",
+    "to_timm_model",
+]
+
+TIMM_PREFIX = "convattn_"
+POOL_TYPES = ("avg", "max", "avgmax", "")
+# timm reads each registered model's cfg from its module's ``default_cfgs`` (filled on registration).
+default_cfgs: dict[str, dict[str, Any]] = {}
+_registered: list[str] = []
+_NUM_STAGES = 4  # every convattn family has four stages (features_only returns all by default)
+
+
+def _check_pool(global_pool: str, num_classes: int, owner: str) -> str:
+    if global_pool not in POOL_TYPES:
+        raise ValueError(f"{owner}: 'global_pool' must be one of {POOL_TYPES}, got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError(
+            f"{owner}: pooling can only be disabled (global_pool='') together with the "
+            "classifier (num_classes=0)"
+        )
+    return global_pool
+
+
+def timm_name(name: str) -> str:
+    """The name of convattn model ``name`` in timm's registry (``resnet50`` -> ``convattn_resnet50``)."""
+    return name if name.startswith(TIMM_PREFIX) else TIMM_PREFIX + name
+
+
+def convattn_name(name: str) -> str:
+    """The convattn name of a timm-registry name (``convattn_resnet50`` -> ``resnet50``)."""
+    return name[len(TIMM_PREFIX) :] if name.startswith(TIMM_PREFIX) else name
+
+
+# --- the adapters ----------------------------------------------------------------------------------
+class TimmContract:
+    """Mixin: timm's model interface on top of a convattn backbone (see the module docstring).
+
+    Subclasses implement :meth:`_stage_modules` (the stage modules, in order), :meth:`_final_norm`
+    (what ``forward_features`` applies to the last stage output) and :meth:`_prune_stages_after`.
+    """
+
+    grad_checkpointing: bool = False
+    drop_rate: float = 0.0
+    pool_type: str = "avg"
+
+    # family hooks
+    def _stage_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _prune_stages_after(self, last: int) -> None:
+        raise NotImplementedError
+
+    def _run_stages_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self._stage_modules():
+            x = checkpoint(stage, x, use_reentrant=False)
+        return x
+
+    # timm's interface
+    @property
+    def head_hidden_size(self) -> int:
+        return self.num_features  # type: ignore[attr-defined]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass (memory for compute)."""
+        self.grad_checkpointing = bool(enable)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifier of ``num_classes`` outputs (0: none); ``global_pool`` as in timm."""
+        if global_pool is None:
+            global_pool = "avg" if self.pool_type == "" and num_classes > 0 else self.pool_type
+        self.pool_type = _check_pool(global_pool, num_classes, "reset_classifier")
+        super().reset_classifier(num_classes)  # type: ignore[misc]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return super().forward_features(x)  # type: ignore[misc]
+        x = self.forward_stem(x)  # type: ignore[attr-defined]
+        return self._final_norm_tokens(self._run_stages_checkpointed(x))
+
+    def _final_norm_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self._final_norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pool = self.pool_type
+        if pool == "avg":
+            x = x.mean(dim=(2, 3))
+        elif pool == "max":
+            x = x.amax(dim=(2, 3))
+        elif pool == "avgmax":
+            x = 0.5 * (x.mean(dim=(2, 3)) + x.amax(dim=(2, 3)))
+        if self.drop_rate > 0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.get_classifier()(x)  # type: ignore[attr-defined]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Sequence[int] | int | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's ``forward_intermediates``: NCHW stage outputs (and the final features).
+
+        Args:
+            x: NCHW images.
+            indices: stages to return (None: all; int n: the last n; negatives count from the end).
+            norm: apply the final norm to the last stage's output when it is returned.
+            stop_early: accepted for timm's interface; with ``intermediates_only`` the stages after
+                the last requested one never run anyway.
+            output_fmt: ``"NCHW"`` (the only layout offered).
+            intermediates_only: return only the list of stage outputs.
+
+        Returns:
+            The list of stage outputs, or ``(forward_features(x), that list)``.
+        """
+        if str(getattr(output_fmt, "value", output_fmt)) != "NCHW":
+            raise ValueError(
+                f"forward_intermediates: 'output_fmt' must be 'NCHW', got {output_fmt!r}"
+            )
+        n = len(self.feature_info)  # type: ignore[attr-defined]
+        take = resolve_out_indices(indices, n)
+        run = take if intermediates_only else tuple(sorted(set(take) | {n - 1}))
+        outs = dict(zip(sorted(set(run)), super().forward_intermediates(x, run)))  # type: ignore[misc]
+        inter = [outs[i] for i in sorted(set(take))]
+        if norm and n - 1 in take:
+            inter[-1] = self._final_norm(inter[-1])
+        if intermediates_only:
+            return inter
+        return self._final_norm(outs[n - 1]), inter
+
+    def prune_intermediate_layers(
+        self,
+        indices: Sequence[int] | int = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop what ``forward_intermediates(indices, intermediates_only=True)`` never uses."""
+        take = resolve_out_indices(indices, len(self.feature_info))  # type: ignore[attr-defined]
+        if prune_head:
+            self.reset_classifier(0, "")
+        if prune_norm and isinstance(getattr(self, "norm", None), nn.Module):
+            self.norm = nn.Identity()
+        self._prune_stages_after(max(take))
+        return list(take)
+
+
+class TimmResNet(TimmContract, ResNet):
+    """:class:`~convattn.models.resnet.ResNet` with timm's model interface."""
+
+    def _stage_modules(self) -> list[nn.Module]:
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def _prune_stages_after(self, last: int) -> None:
+        for i in range(last + 1, self.num_stages):
+            setattr(self, f"layer{i + 1}", nn.Identity())
+
+
+class TimmSwinTransformer(TimmContract, SwinTransformer):
+    """:class:`~convattn.models.swin.SwinTransformer` with timm's model interface."""
+
+    def _stage_modules(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:  # NCHW in, NCHW out
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def _final_norm_tokens(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) tokens
+        return self.norm(x).permute(0, 3, 1, 2)
+
+    def _prune_stages_after(self, last: int) -> None:
+        self.layers[last].downsample = None
+        for i in range(last + 1, self.num_stages):
+            self.layers[i] = nn.Identity()
+
+
+class TimmGLNet(TimmContract, GLNet):
+    """:class:`~convattn.models.glnet.GLNet` with timm's model interface."""
+
+    def _stage_modules(self) -> list[nn.Module]:
+        # Downsampling i > 0 runs before stage i (the stem is part of forward_stem).
+        return [
+            self.stages[0],
+            *(nn.Sequential(self.downsample_layers[i], self.stages[i]) for i in range(1, 4)),
+        ]
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def _prune_stages_after(self, last: int) -> None:
+        for i in range(last + 1, self.num_stages):
+            self.stages[i] = nn.Identity()
+            self.downsample_layers[i] = nn.Identity()
+
+
+_ADAPTERS: dict[type, type] = {
+    ResNet: TimmResNet,
+    SwinTransformer: TimmSwinTransformer,
+    GLNet: TimmGLNet,
+}
+
+
+def to_timm_model(model: nn.Module, drop_rate: float = 0.0, global_pool: str = "avg") -> nn.Module:
+    """Give a convattn backbone timm's interface, in place (same parameters and keys); returns it.
+
+    Args:
+        model: a model of a convattn family (built by :func:`convattn.create_model`).
+        drop_rate: dropout before the classifier.
+        global_pool: ``"avg"``, ``"max"``, ``"avgmax"`` or ``""`` (only with no classifier).
+    """
+    if isinstance(model, TimmContract):
+        adapter = type(model)
+    else:
+        adapter = next((a for base, a in _ADAPTERS.items() if type(model) is base), None)
+        if adapter is None:
+            raise TypeError(
+                f"to_timm_model: 'model' must be a convattn ResNet, SwinTransformer or GLNet, "
+                f"got {type(model).__name__}"
+            )
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"to_timm_model: 'drop_rate' must be in [0, 1), got {drop_rate!r}")
+    pool = _check_pool(global_pool, model.num_classes, "to_timm_model")
+    model.__class__ = adapter
+    model.drop_rate = float(drop_rate)
+    model.pool_type = pool
+    return model
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """The filter of the adapted model's family (official checkpoint layouts -> ours)."""
+    for cls in type(model).__mro__:
+        family = sys.modules.get(cls.__module__)
+        if family is not sys.modules[__name__] and hasattr(family, "checkpoint_filter_fn"):
+            return family.checkpoint_filter_fn(state_dict, model)
+    return state_dict
+
+
+# --- timm's registry -----------------------------------------------------------------------------
+def _describe(name: str) -> str | None:
+    doc = model_entrypoint(name).__doc__
+    return doc.strip().splitlines()[0] if doc else None
+
+
+def timm_pretrained_cfg(name: str) -> dict[str, Any]:
+    """The ``pretrained_cfg`` of convattn model ``name`` in timm's fields (no weight source).
+
+    Input size, pooled map size, crop, interpolation, mean/std, classes, first conv and classifier
+    come from the model's own configuration; the paper and the official checkpoint's location
+    become ``paper_name`` and ``notes``.
+    """
+    cfg = get_pretrained_cfg(convattn_name(name))
+    if not cfg:
+        raise ValueError(f"timm_pretrained_cfg: unknown model {name!r}")
+    notes = tuple(
+        f"{key}: {cfg[key]}"
+        for key in ("official_checkpoint", "paper_top1", "paper_params_m", "paper_gmacs")
+        if cfg.get(key) is not None
+    )
+    return dict(
+        architecture=timm_name(name),
+        input_size=tuple(cfg["input_size"]),
+        fixed_input_size=False,
+        interpolation=cfg["interpolation"],
+        crop_pct=cfg["crop_pct"],
+        crop_mode="center",
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        num_classes=cfg["num_classes"],
+        pool_size=tuple(cfg["pool_size"]),
+        first_conv=cfg["first_conv"],
+        classifier=cfg["classifier"],
+        license="mit",
+        description=_describe(convattn_name(name)),
+        paper_name=cfg.get("paper"),
+        notes=notes or None,
+    )
+
+
+def _build(name: str, **kwargs: Any) -> nn.Module:
+    """Our constructor behind a timm entrypoint: timm-only arguments handled here."""
+    drop_rate = kwargs.pop("drop_rate", None) or 0.0
+    global_pool = kwargs.pop("global_pool", None)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    kwargs.pop("pretrained", None)
+    model = model_entrypoint(name)(**kwargs)
+    to_timm_model(model, drop_rate, "avg" if global_pool is None else global_pool)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def _make_entrypoint(name: str) -> Callable[..., nn.Module]:
+    tname = timm_name(name)
+
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        from timm.models import build_model_with_cfg
+
+        return build_model_with_cfg(
+            partial(_build, name),
+            tname,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(_NUM_STAGES))),
+            **kwargs,
+        )
+
+    entrypoint.__name__ = entrypoint.__qualname__ = tname
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"convattn ``{name}`` (timm interface). {_describe(name) or ''}".strip()
+    return entrypoint
+
+
+def register_timm_models() -> list[str]:
+    """Register every convattn model in timm's registry as ``convattn_<name>``; returns the names.
+
+    Idempotent; models added to convattn since the last call are registered too. A name timm
+    already knows from elsewhere is skipped with a warning (never overwritten).
+
+    Raises:
+        ImportError: timm cannot be imported.
+    """
+    try:
+        import timm.models
+    except ImportError as err:
+        raise ImportError(
+            f"register_timm_models: timm cannot be imported ({err}); install it with "
+            "'pip install timm'"
+        ) from err
+    module = sys.modules[__name__]
+    for name in list_models():
+        tname = timm_name(name)
+        if tname in _registered:
+            continue
+        if timm.models.is_model(tname):
+            warnings.warn(
+                f"register_timm_models: timm already has a model named {tname!r}; convattn's "
+                f"{name!r} is not registered under it",
+                stacklevel=2,
+            )
+            continue
+        default_cfgs[tname] = timm_pretrained_cfg(name)
+        entrypoint = _make_entrypoint(name)
+        setattr(module, tname, entrypoint)
+        timm.models.register_model(entrypoint)
+        _registered.append(tname)
+    return list(_registered)

@@ -161,20 +161,22 @@ def load_checkpoint(
                 "Adapted stem '%s' from %d to %d input channels", key, src_chans, own[key].shape[1]
             )
 
+    # One classifier name, or several (timm's tuple form, e.g. a token-labeling auxiliary head).
     classifier = cfg.get("classifier")
-    if classifier:
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    for name in classifiers:
         for suffix in (".weight", ".bias"):
-            key = classifier + suffix
+            key = name + suffix
             if key in state and (key not in own or own[key].shape != state[key].shape):
                 state.pop(key)
                 if key in own:
                     reinit.append(key)
-        if reinit:
-            _logger.warning(
-                "Classifier '%s' re-initialised: checkpoint head does not match num_classes=%s",
-                classifier,
-                getattr(model, "num_classes", "?"),
-            )
+    if reinit:
+        _logger.warning(
+            "Classifier '%s' re-initialised: checkpoint head does not match num_classes=%s",
+            "', '".join(classifiers),
+            getattr(model, "num_classes", "?"),
+        )
 
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     for k in mismatched:

@@ -16,7 +16,8 @@ output. That is exact, needs O(output) extra memory instead of the K*K-fold ``un
 registered backward does the same loop (2.5-40x faster than the ``unfold`` form forward and 2-25x
 forward + backward at the stage shapes of ``benchmarks/results/ops.md``, the gap growing with H*W). The op also registers its MAC count (B*C*H'*W'*K*K) with ``FlopCounterMode`` so
 ``convattn.bench.count_macs`` sees it. It supports autograd and ``torch.compile``/``torch.export``
-(fake kernel); under ONNX export ``Involution2d`` switches to the equivalent ``unfold`` form.
+(fake kernel); while exporting (ONNX, ``torch.export``) ``Involution2d`` switches to the
+equivalent ``unfold`` form, so exported files need no custom operator.
 """
 
 from __future__ import annotations
@@ -232,10 +233,10 @@ class Involution2d(nn.Module):
         """(B, C_in, H, W) -> (B, C_out, ceil(H/stride), ceil(W/stride))."""
         check_feature_map(x, self.in_channels, type(self).__name__)
         kernels = self.generate_kernels(x)
-        # Exporters have no kernel for the custom op: use the equivalent plain-op form there.
-        aggregate = (
-            involution_aggregate_unfold if torch.onnx.is_in_onnx_export() else involution_aggregate
-        )
+        # Exported files (ONNX, and .pt2 loaded without this library) have no kernel for the
+        # custom op: trace the equivalent plain-op form there.
+        exporting = torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+        aggregate = involution_aggregate_unfold if exporting else involution_aggregate
         return self.proj(aggregate(x, kernels, self.kernel_size, self.stride))
 
     def extra_repr(self) -> str:

@@ -276,7 +276,7 @@ def involution_pixel_kernels(inv, kernels: torch.Tensor, scale=None) -> torch.Te
 
 def apply_pixel_kernels(x: torch.Tensor, kernels: torch.Tensor, stride: int) -> torch.Tensor:
     """Y[b, o, p] = Σ_c Σ_δ K_p[b, o, c, δ] X[b, c, s·p + δ] (zero padding), pixel by pixel."""
-    bsz, c_out, c_in, k, _, ho, wo = kernels.shape
+    bsz, c_out, _, k, _, ho, wo = kernels.shape
     r = k // 2
     out = x.new_zeros(bsz, c_out, ho, wo)
     for b in range(bsz):

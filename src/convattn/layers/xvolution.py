@@ -626,7 +626,9 @@ class InvolutionModulatedConv2d(nn.Module):
         generated = inv.generate_kernels(x)  # (B, G, K_i², Ho, Wo)
         b, _, _, ho, wo = generated.shape
         per_channel = generated.repeat_interleave(self.in_channels // inv.groups, dim=1)
-        per_channel = per_channel.view(b, self.in_channels, inv.kernel_size, inv.kernel_size, ho, wo)
+        per_channel = per_channel.view(
+            b, self.in_channels, inv.kernel_size, inv.kernel_size, ho, wo
+        )
         if isinstance(inv.proj, nn.Conv2d):
             mix = inv.proj.weight.flatten(1)
         else:

@@ -66,7 +66,12 @@ from ._registry import register_model
 __all__ = [
     "GLNet",
     "GLNetStage",
-    "GLNetTokenLabel", "LayerScale", "MHSABlock", "MHSANCHWBlock", "conv_mlp"]
+    "GLNetTokenLabel",
+    "LayerScale",
+    "MHSABlock",
+    "MHSANCHWBlock",
+    "conv_mlp",
+]
 
 MIXING_MODES = ("glmix", "glmix.mha_nchw", "mha_nchw", "mha")
 DOWNSAMPLE_STYLES = ("overlapped", "non_overlapped")

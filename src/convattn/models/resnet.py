@@ -138,9 +138,7 @@ class StageOp:
             return ()
         params = inspect.signature(_operator_class(self.kind).__init__).parameters.values()
         skip = {"self", "in_channels", "out_channels", "stride", "deploy"}
-        return tuple(
-            p.name for p in params if p.name not in skip and p.kind is not p.VAR_KEYWORD
-        )
+        return tuple(p.name for p in params if p.name not in skip and p.kind is not p.VAR_KEYWORD)
 
 
 # The X-volution ResNets start the attention branch's BN gamma at 0: with gamma = 1 the
@@ -222,13 +220,17 @@ def resolve_stage_ops(
     op_args = dict(op_args or {})
     bad = [n for n in op_args if n not in STAGE_OPS]
     if bad:
-        raise ValueError(f"ResNet: unknown operator(s) {bad} in 'op_args'; valid operators: {valid}")
+        raise ValueError(
+            f"ResNet: unknown operator(s) {bad} in 'op_args'; valid operators: {valid}"
+        )
     factories: list[SpatialConv] = []
     for name in names:
         op = STAGE_OPS[name]
         given = op_args.get(name) or {}
         if not isinstance(given, Mapping):
-            raise ValueError(f"ResNet: op_args[{name!r}] must be a mapping of options, got {given!r}")
+            raise ValueError(
+                f"ResNet: op_args[{name!r}] must be a mapping of options, got {given!r}"
+            )
         allowed = op.option_names()
         wrong = sorted(set(given) - set(allowed))
         if wrong:
@@ -393,7 +395,9 @@ class ResNet(nn.Module):
             )
             self.add_module(f"layer{i + 1}", stage)
             self.feature_info.append(
-                dict(num_chs=in_ch, reduction=reduction, module=f"layer{i + 1}", op=self.stage_ops[i])
+                dict(
+                    num_chs=in_ch, reduction=reduction, module=f"layer{i + 1}", op=self.stage_ops[i]
+                )
             )
         self.num_stages = len(layers)
         self.num_features = in_ch

@@ -199,6 +199,16 @@ def _check_model_name(name: str) -> None:
         )
 
 
+def _check_stage_ops(name: str, stage_ops: str | None) -> None:
+    from ..models import list_models
+
+    if stage_ops is not None and name not in list_models(module="resnet"):
+        raise ValueError(
+            f"--stage-ops applies to the ResNet models ({', '.join(list_models(module='resnet'))}), "
+            f"not to '{name}'"
+        )
+
+
 def _default_img_size(name: str, model: nn.Module | None) -> int:
     from ..models import get_pretrained_cfg
 
@@ -230,6 +240,12 @@ class _Run:
 
         if model is None:
             _check_model_name(cfg.model)
+            _check_stage_ops(cfg.model, cfg.stage_ops)
+        elif cfg.stage_ops is not None:
+            raise ValueError(
+                "TrainConfig: 'stage_ops' builds the model by name; it cannot apply "
+                "to a model passed in"
+            )
         img_size = cfg.img_size or _default_img_size(cfg.model, model)
         out = Path(cfg.out) if cfg.out else Path("runs") / "train" / cfg.model
         self.cfg = cfg = cfg.replace(img_size=img_size, out=str(out))
@@ -606,7 +622,9 @@ class _Run:
 
     def _weights_meta(self, epoch: int, top1: float | None) -> dict[str, Any]:
         d = self.data
+        extra = {} if self.cfg.stage_ops is None else {"stage_ops": self.cfg.stage_ops}
         return dict(
+            **extra,
             epoch=epoch,
             top1=top1,
             weights="model",

@@ -669,9 +669,10 @@ class XVolution(nn.Module):
             ``"involution"`` (the attention branch is an :class:`Involution2d`).
         sa_head_dim: head width of the ``"sa"`` branch, whose attention width is ``in_channels``
             (:class:`GlobalSelfAttention2d`); ``in_channels`` must be divisible by it.
-        involution_kernel_size, involution_group_channels, involution_reduction: the
-            ``"involution"`` branch's kernel K_i, group width and generator reduction (RedNet
-            defaults 7, 16, 4); ``in_channels`` must be divisible by the group width.
+        involution_kernel_size: kernel K_i of the ``"involution"`` branch (RedNet: 7).
+        involution_group_channels: channels sharing one generated kernel (RedNet: 16);
+            ``in_channels`` must be divisible by it.
+        involution_reduction: channel reduction of the kernel generator (RedNet: 4).
         attn_bn_zero_init: start the attention BN's gamma at 0 (training starts from the plain CNN);
             a stability knob, not in the paper (§2).
         deploy: build the re-parameterised form directly (for loading deploy state dicts).

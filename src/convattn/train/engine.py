@@ -484,13 +484,17 @@ class _Run:
             if self.ctx.is_main:
                 warn_no_dense_target(self.cfg.model)
         targets = soft_targets if soft_targets is not None else labels
-        return token_label_loss(
+        loss = token_label_loss(
             output,
             targets,
             dense,
             dense_weight=self.cfg.dense_weight,
             label_smoothing=self.cfg.label_smoothing,
         )
+        if dense is None and self.ddp is not None:
+            # DDP needs every parameter in the graph: the unused token head gets zero gradients.
+            loss = loss + 0.0 * output[1].float().sum()
+        return loss
 
     def _check_dense_target_setup(self) -> None:
         """Dense targets are per pixel of the stored image: no geometric augmentation or mixing."""

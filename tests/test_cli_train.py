@@ -238,3 +238,55 @@ def test_demo_deploy_check_cannot_pass_vacuously(monkeypatch):
     # A "re-parameterisation" that changes nothing must fail the check.
     monkeypatch.setattr(deploy, "reparameterize_model", lambda m: copy.deepcopy(m))
     assert not _deploy_check(model, loader, normalise)["passed"]
+
+
+def test_train_with_stage_ops_records_and_rebuilds_the_model(tmp_path, capsys):
+    from safetensors import safe_open
+
+    run = tmp_path / "run"
+    ops = "conv,conv,xvolution,conv"
+    argv = ["train", "--model", "resnet_nano", "--stage-ops", ops, *TINY, *FAST]
+    argv += ["--epochs", "1", "--out", str(run)]
+    assert main(argv) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"] == "resnet_nano" and saved["stage_ops"] == ops
+    with safe_open(str(run / "last.safetensors"), framework="pt") as fh:
+        keys = set(fh.keys())
+    assert "layer3.0.conv1.attn.weight" in keys and "layer2.0.conv1.attn.weight" not in keys
+
+    # The saved config alone rebuilds the same model: re-run from it, and resume it.
+    rerun = tmp_path / "rerun"
+    assert main(["train", "--config", str(run / "config.yaml"), "--out", str(rerun)]) == 0
+    with safe_open(str(rerun / "last.safetensors"), framework="pt") as fh:
+        assert set(fh.keys()) == keys
+    resume = ["train", "--config", str(run / "config.yaml"), "--epochs", "2", "--resume", "auto"]
+    assert main(resume) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    # Resuming with other operators is refused; eval rebuilds the operators from the checkpoint.
+    capsys.readouterr()
+    other = [*resume, "--epochs", "3", "--stage-ops", "conv,conv,conv,xvolution"]
+    assert "stage_ops='conv,conv,xvolution,conv'" in _one_line_error(capsys, other)
+    assert main(["eval", "--checkpoint", str(run / "last.safetensors"), "--data", TINY[1]]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--model", "resnet_nano", "--stage-ops", "conv,conv,xvol,conv"], "valid operators"),
+        (["--model", "resnet_nano", "--stage-ops", "conv,conv"], "one operator per stage"),
+        (["--model", "glnet_nano", "--stage-ops", "conv,conv,conv,conv"], "ResNet models"),
+    ],
+)
+def test_stage_ops_errors_are_one_line(tmp_path, capsys, argv, needle):
+    full = ["train", *argv, *TINY, *FAST, "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert needle in _one_line_error(capsys, full)
+
+
+def test_models_command_with_stage_ops(capsys):
+    assert main(["models", "resnet_nano", "--stage-ops", "conv,conv,xvolution,conv"]) == 0
+    with_ops = capsys.readouterr().out
+    assert main(["models", "resnet_nano"]) == 0
+    assert with_ops != capsys.readouterr().out  # other params and MACs
+    assert main(["models", "--stage-ops", "list"]) == 0
+    assert "xvolution_inv" in capsys.readouterr().out
+    assert "valid operators" in _one_line_error(capsys, ["models", "--stage-ops", "conv,x"])

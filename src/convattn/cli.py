@@ -93,14 +93,35 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .bench.flops import count_macs, count_params
 
     _check_model(None)  # registers every family, as train/eval see them
+    stage_ops = getattr(args, "stage_ops", None)
+    if stage_ops == "list":
+        from .models.resnet import STAGE_OPS
+
+        for op_name, op in STAGE_OPS.items():
+            print(f"{op_name:<15}{op.summary}")
+        return 0
+    if stage_ops is not None:
+        from .models.resnet import resolve_stage_ops
+
+        try:
+            resolve_stage_ops(stage_ops, len(stage_ops.split(",")))  # names checked up front
+        except ValueError as err:
+            raise CliError(str(err)) from None
     names = list_models(args.pattern or "*")
+    if stage_ops is not None:
+        resnets = set(list_models(module="resnet"))
+        names = [n for n in names if n in resnets]
     if not names:
-        raise CliError(f"no model matches {args.pattern!r}; run 'convattn models' to list all")
+        kind = "ResNet model" if stage_ops is not None else "model"
+        raise CliError(f"no {kind} matches {args.pattern!r}; run 'convattn models' to list all")
     print(f"{'model':<26}{'params (M)':>12}{'GMACs':>10}  input")
     for name in names:
         cfg = get_pretrained_cfg(name)
         size = cfg.get("input_size", (3, 224, 224))
-        model = create_model(name)
+        try:
+            model = create_model(name, stage_ops=stage_ops)
+        except ValueError as err:
+            raise CliError(str(err)) from None
         macs = count_macs(model, (1, *size)) / 1e9 if args.macs else float("nan")
         print(f"{name:<26}{count_params(model) / 1e6:>12.2f}{macs:>10.3f}  {size[1]}x{size[2]}")
     return 0
@@ -256,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'acmix*'")
     models.add_argument(
         "--no-macs", dest="macs", action="store_false", help="skip the (slower) MAC count"
+    )
+    models.add_argument(
+        "--stage-ops",
+        metavar="OPS",
+        help="ResNet models: build them with these per-stage operators (comma-separated, e.g. "
+        "conv,conv,xvolution,conv); 'list' prints the operators",
     )
     models.set_defaults(func=_cmd_models)
 

@@ -24,6 +24,8 @@ ALL = convattn.list_models()
 # glnet_nano, glnet_4g, glnet_stl (plus the other ResNets).
 HEAVY = {
     "glnet_9g",
+    "glnet_9g_tklb",
+    "glnet_4g_tklb",
     "glnet_16g",
     "glnet_stl_paramslot",
     "swin_small",

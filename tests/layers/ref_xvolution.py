@@ -1,4 +1,4 @@
-"""Literal, slow reference of X-volution written straight from shared/specs/xvolution.md.
+"""Literal, slow reference of X-volution written straight from its maths (docs/operators/xvolution.md).
 
 The oracle for tests/layers/test_xvolution.py. Everything is explicit Python loops over pixels,
 taps, directions and heads on tiny shapes; nothing here is shared with the fast implementation.
@@ -7,6 +7,8 @@ taps, directions and heads on tiny shapes; nothing here is shared with the fast 
 - §1.4 PSSA:             Y[o,p] = Σ_{d∈D} Σ_c W^a_d[o,c] X[c,q] S_d(X)[c,q],  q = s·p
 - §1.5 global SA branch: avg-pool by s (valid pixels), 1x1 q/k/v, per-head softmax(q·k/√d_h) v,
                          1x1 proj
+- involution branch:      H[g, δ, p] = W_1 ReLU(BN(W_0 AvgPool_s(X)[p])) + b_1 (per pixel),
+                         Inv(X)[o, p] = Σ_c P[o, c] Σ_δ H[g(c), δ, p] X[c, s·p+δ]
 - §2 training form:      BN_c(conv) + BN_a(attention)
 - §3 deploy form:        K_p[o,c,δ] = Ŵ^s[o,c,δ] + 1[δ∈D] Ŵ^a_δ[o,c] X[c,q];
                          Y[o,p] = b[o] + Σ_δ Σ_c K_p[o,c,δ] X[c,q+δ]
@@ -161,6 +163,9 @@ def training_forward(module, x: torch.Tensor) -> torch.Tensor:
     if module.attention == "pssa":
         weights = pssa_weights_per_direction(attn, module.pssa_weighting, module.in_channels)
         branch = pssa(x, weights, module.stride, len(attn.directions) == 9)
+    elif module.attention == "involution":
+        kernels = involution_kernels(attn, x, module.stride)
+        branch = apply_pixel_kernels(x, involution_pixel_kernels(attn, kernels), module.stride)
     else:
         branch = global_sa(
             x,
@@ -219,3 +224,86 @@ def deploy_forward(
                 )  # (C_in, K, K)
                 out[b, :, pi, pj] = bias + (kernel * window).sum(dim=(1, 2, 3))
     return out
+
+
+# ----------------------------------------------------------------- involution as the attention part
+def involution_kernels(inv, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """H[b, g, i, j, p] for every output pixel p, pixel by pixel: the input average-pooled by the
+    stride (valid pixels of each window), 1x1 reduce (+ BN unless folded), ReLU, 1x1 span.
+
+    Returns (B, G, K_i, K_i, Ho, Wo)."""
+    pooled = avg_pool_ceil(x, stride) if stride > 1 else x
+    reduce = inv.reduce
+    w0 = reduce.conv.weight.flatten(1)
+    k = inv.kernel_size
+    bsz, _, ho, wo = pooled.shape
+    out = x.new_zeros(bsz, inv.groups, k, k, ho, wo)
+    for b in range(bsz):
+        for pi in range(ho):
+            for pj in range(wo):
+                hidden = w0 @ pooled[b, :, pi, pj]
+                if reduce.conv.bias is not None:
+                    hidden = hidden + reduce.conv.bias
+                if "bn" in reduce._modules:
+                    bn = reduce.bn
+                    hidden = (hidden - bn.running_mean) / torch.sqrt(
+                        bn.running_var + bn.eps
+                    ) * bn.weight + bn.bias
+                hidden = torch.clamp(hidden, min=0.0)
+                spanned = inv.span.weight.flatten(1) @ hidden + inv.span.bias  # (G·K·K,)
+                out[b, :, :, :, pi, pj] = spanned.view(inv.groups, k, k)
+    return out
+
+
+def involution_pixel_kernels(inv, kernels: torch.Tensor, scale=None) -> torch.Tensor:
+    """The involution branch as per-pixel kernels (B, C_out, C_in, K_i, K_i, Ho, Wo):
+    scale[o] · P[o, c] · H[g(c), δ, p], P the projection (identity without one)."""
+    bsz, groups, k, _, ho, wo = kernels.shape
+    c_in = inv.in_channels
+    per_group = c_in // groups
+    if isinstance(inv.proj, torch.nn.Conv2d):
+        mix = inv.proj.weight.flatten(1)
+    else:
+        mix = torch.eye(c_in, dtype=kernels.dtype)
+    if scale is not None:
+        mix = scale.view(-1, 1) * mix
+    out = kernels.new_zeros(bsz, mix.shape[0], c_in, k, k, ho, wo)
+    for c in range(c_in):
+        g = c // per_group
+        out[:, :, c] = mix[:, c].view(1, -1, 1, 1, 1, 1) * kernels[:, g].unsqueeze(1)
+    return out
+
+
+def apply_pixel_kernels(x: torch.Tensor, kernels: torch.Tensor, stride: int) -> torch.Tensor:
+    """Y[b, o, p] = Σ_c Σ_δ K_p[b, o, c, δ] X[b, c, s·p + δ] (zero padding), pixel by pixel."""
+    bsz, c_out, _, k, _, ho, wo = kernels.shape
+    r = k // 2
+    out = x.new_zeros(bsz, c_out, ho, wo)
+    for b in range(bsz):
+        for pi in range(ho):
+            for pj in range(wo):
+                qi, qj = stride * pi, stride * pj
+                for di in range(-r, r + 1):
+                    for dj in range(-r, r + 1):
+                        tap = kernels[b, :, :, di + r, dj + r, pi, pj]
+                        out[b, :, pi, pj] += tap @ pixel(x, b, qi + di, qj + dj)
+    return out
+
+
+def involution_deploy_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """The merged form, literally: K_p = Ŵ^s (zero-padded to the larger window) + a[o] P[o, c]
+    H[g(c), δ, p] built for every output pixel, applied to its window, plus the bias."""
+    dyn = module.reparam_conv
+    inv = dyn.involution
+    kernels = involution_pixel_kernels(
+        inv, involution_kernels(inv, x, module.stride), dyn.dynamic_scale
+    )
+    k = max(kernels.shape[3], dyn.weight.shape[-1])
+    pad_d = (k - kernels.shape[3]) // 2
+    pad_s = (k - dyn.weight.shape[-1]) // 2
+    full = kernels.new_zeros(*kernels.shape[:3], k, k, *kernels.shape[5:])
+    full[:, :, :, pad_d : k - pad_d, pad_d : k - pad_d] = kernels
+    static = dyn.weight.new_zeros(dyn.weight.shape[0], dyn.weight.shape[1], k, k)
+    static[:, :, pad_s : k - pad_s, pad_s : k - pad_s] = dyn.weight
+    full = full + static.view(1, *static.shape, 1, 1)
+    return apply_pixel_kernels(x, full, module.stride) + dyn.bias.view(1, -1, 1, 1)

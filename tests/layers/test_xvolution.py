@@ -1,4 +1,4 @@
-"""X-volution (arXiv:2106.02253) against the literal reference in ref_xvolution.py (spec §1-§3, §8)."""
+"""X-volution (arXiv:2106.02253) against the literal reference in ref_xvolution.py (§1-§3)."""
 
 import math
 
@@ -14,6 +14,7 @@ from convattn.layers import xvolution
 from convattn.layers.attention import GlobalSelfAttention2d
 from convattn.layers.xvolution import (
     CentreModulatedConv2d,
+    InvolutionModulatedConv2d,
     PixelShiftAttention,
     XVolution,
     centre_modulated_conv2d,
@@ -361,7 +362,9 @@ def test_bad_inputs(deploy):
         ((3, 4), {"pssa_weighting": "qkv"}, "pssa_weighting"),
         ((3, 4), {"pssa_weighting": "depthwise"}, "pssa_weighting"),
         ((3, 4), {"pssa_weighting": "none"}, "pssa_weighting"),
-        ((3, 4), {"attention": "involution"}, "attention"),
+        ((3, 4), {"attention": "qkv"}, "attention"),
+        ((3, 4), {"attention": "involution"}, "involution_group_channels"),
+        ((16, 16), {"attention": "involution", "pssa_weighting": "none"}, "pssa_weighting"),
         ((6, 3), {"attention": "sa", "sa_head_dim": 4}, "sa_head_dim"),
         ((4, 4), {"attention": "sa", "sa_head_dim": 0}, "sa_head_dim"),
         ((4, 4), {"attention": "sa", "include_center": True, "sa_head_dim": 2}, "include_center"),
@@ -581,3 +584,101 @@ def test_deploy_footprint_cache_follows_weight_updates():
         check(x)
         conv.float()
         check(x.float())
+
+
+# ------------------------------------------------------------- the Involution attention branch
+# (c_in, c_out, stride, conv K, involution K_i, group width, size): odd sizes, strides 1 and 2,
+# projecting and not, static window smaller and larger than the involution's.
+INVOLUTION_CASES = [
+    (8, 8, 1, 3, 3, 4, (5, 7)),
+    (8, 12, 2, 3, 5, 4, (7, 5)),
+    (8, 4, 2, 5, 3, 8, (5, 6)),
+    (4, 4, 1, 3, 7, 2, (3, 5)),
+]
+
+
+def make_involution(c_in, c_out, stride, k, k_inv, group, dtype=F64) -> XVolution:
+    torch.manual_seed(0)
+    m = XVolution(
+        c_in,
+        c_out,
+        stride,
+        k,
+        attention="involution",
+        involution_kernel_size=k_inv,
+        involution_group_channels=group,
+        involution_reduction=2,
+    ).to(dtype)
+    with torch.no_grad():
+        for p in m.attn.parameters():
+            p.normal_(0, 0.4)
+    return randomize_bn(m).eval()  # all three BNs (conv, branch, kernel generator) random
+
+
+@pytest.mark.parametrize("case", INVOLUTION_CASES)
+def test_involution_training_form_matches_literal_reference(case):
+    c_in, c_out, stride, k, k_inv, group, size = case
+    m = make_involution(c_in, c_out, stride, k, k_inv, group)
+    x = torch.randn(2, c_in, *size, dtype=F64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref.training_forward(m, x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("case", INVOLUTION_CASES)
+def test_involution_merges_exactly_into_one_dynamic_convolution(case, dtype):
+    c_in, c_out, stride, k, k_inv, group, size = case
+    m = make_involution(c_in, c_out, stride, k, k_inv, group, dtype)
+    x = torch.randn(2, c_in, *size, dtype=dtype)
+    with torch.no_grad():
+        expected = m(x)
+        m.reparameterize()
+        assert m.deploy and isinstance(m.reparam_conv, InvolutionModulatedConv2d)
+        assert not any(isinstance(b, nn.BatchNorm2d) for b in m.modules())  # all BNs folded
+        y = m(x)
+        if dtype == F64:
+            torch.testing.assert_close(y, expected)
+            # The literal merged form: per-pixel kernels built from the deploy parameters.
+            torch.testing.assert_close(y, ref.involution_deploy_forward(m, x))
+            # ... and the module's own per-pixel kernels applied literally.
+            kernels = m.reparam_conv.dynamic_kernels(x)
+            assert kernels.shape[3] == max(k, k_inv)
+            literal = ref.apply_pixel_kernels(x, kernels, stride) + m.reparam_conv.bias.view(
+                1, -1, 1, 1
+            )
+            torch.testing.assert_close(y, literal)
+        else:
+            assert_close_scaled(y, expected, 1e-5)
+        state = {key: v.clone() for key, v in m.state_dict().items()}
+        m.reparameterize()  # idempotent
+        assert all(m.state_dict()[key].equal(v) for key, v in state.items())
+        deployed = XVolution(
+            c_in,
+            c_out,
+            stride,
+            k,
+            attention="involution",
+            involution_kernel_size=k_inv,
+            involution_group_channels=group,
+            involution_reduction=2,
+            deploy=True,
+        ).to(dtype)
+        deployed.load_state_dict(m.state_dict(), strict=True)
+        torch.testing.assert_close(deployed.eval()(x), y, rtol=0, atol=0)
+
+
+def test_involution_equivalent_kernel_bias_and_macs():
+    m = make_involution(8, 8, 2, 3, 5, 4)
+    x = torch.randn(1, 8, 9, 7, dtype=F64)
+    static, scale, bias = m.get_equivalent_kernel_bias()
+    assert static.shape == (8, 8, 3, 3) and scale.shape == bias.shape == (8,)
+    macs = count_macs(m, inputs=x)
+    m.reparameterize()
+    assert count_macs(m, inputs=x) == macs  # same multiply-accumulates in both forms
+    torch.testing.assert_close(m.get_equivalent_kernel_bias()[1], scale)
+
+
+def test_involution_branch_is_trainable_and_reaches_every_parameter():
+    m = XVolution(16, 16, attention="involution").train()
+    m(torch.randn(2, 16, 6, 6)).square().mean().backward()
+    assert all(p.grad is not None for p in m.parameters())

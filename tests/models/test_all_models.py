@@ -12,7 +12,14 @@ from convattn.models import read_model_info, save_model
 
 ALL = convattn.list_models()
 # Big models cost seconds just to initialise; the cheap ones of each family stay in the default suite.
-HEAVY = {"glnet_9g", "glnet_16g", "swin_small", "acmix_swin_small", "glnet_stl_paramslot"}
+HEAVY = {
+    "glnet_9g",
+    "glnet_9g_tklb",
+    "glnet_16g",
+    "swin_small",
+    "acmix_swin_small",
+    "glnet_stl_paramslot",
+}
 
 
 def _params(names):
@@ -31,6 +38,10 @@ def test_forward_backward_and_odd_size(name):
     s = _small_size(name)
     x = torch.randn(2, 3, s, s)
     out = model(x)
+    if isinstance(out, tuple):  # token-labeling models: (class logits, token logits, box)
+        out, tokens, _ = out
+        assert tokens.shape[::2] == (2, 5) and torch.isfinite(tokens).all()
+        tokens.logsumexp(2).sum().backward(retain_graph=True)
     assert out.shape == (2, 5) and torch.isfinite(out).all()
     out.logsumexp(1).sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]

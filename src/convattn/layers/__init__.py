@@ -21,6 +21,7 @@ from .window_attention import (
 )
 from .xvolution import (
     CentreModulatedConv2d,
+    InvolutionModulatedConv2d,
     PixelShiftAttention,
     XVolution,
     centre_modulated_conv2d,
@@ -41,6 +42,7 @@ __all__ = [
     "GLMixBlock",
     "GlobalSelfAttention2d",
     "Involution2d",
+    "InvolutionModulatedConv2d",
     "LayerNorm2d",
     "MultiheadSelfAttention",
     "PixelShiftAttention",

@@ -16,7 +16,8 @@ output. That is exact, needs O(output) extra memory instead of the K*K-fold ``un
 registered backward does the same loop (2.5-40x faster than the ``unfold`` form forward and 2-25x
 forward + backward at the stage shapes of ``benchmarks/results/ops.md``, the gap growing with H*W). The op also registers its MAC count (B*C*H'*W'*K*K) with ``FlopCounterMode`` so
 ``convattn.bench.count_macs`` sees it. It supports autograd and ``torch.compile``/``torch.export``
-(fake kernel); under ONNX export ``Involution2d`` switches to the equivalent ``unfold`` form.
+(fake kernel); while exporting (ONNX, ``torch.export``) ``Involution2d`` switches to the
+equivalent ``unfold`` form, so exported files need no custom operator.
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ class Involution2d(nn.Module):
         kernel_size: K, odd.
         group_channels: channels sharing one generated kernel (G = C_in / group_channels groups).
         reduction: channel reduction r of the kernel generator's bottleneck.
+        deploy: build the generator's 1x1 reduce conv with its BatchNorm folded (biased conv,
+            key ``reduce.conv.bias``, no ``reduce.bn``), the form ``reparameterize()`` leaves.
     """
 
     def __init__(
@@ -181,6 +184,7 @@ class Involution2d(nn.Module):
         kernel_size: int = 7,
         group_channels: int = 16,
         reduction: int = 4,
+        deploy: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -205,7 +209,7 @@ class Involution2d(nn.Module):
         hidden = in_channels // reduction
         # Kernel generation phi (RedNet): [pool] -> 1x1 reduce + BN + ReLU -> 1x1 span to K*K*G.
         self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
-        self.reduce = ConvBN(in_channels, hidden, kernel_size=1)
+        self.reduce = ConvBN(in_channels, hidden, kernel_size=1, deploy=deploy)
         self.act = nn.ReLU(inplace=True)
         self.span = nn.Conv2d(hidden, kernel_size * kernel_size * self.groups, 1)
         self.proj = (
@@ -214,16 +218,25 @@ class Involution2d(nn.Module):
             else nn.Identity()
         )
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the kernel generator's BatchNorm into its reduce conv (idempotent)."""
+        self.reduce.reparameterize()
+
+    def generate_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pixel kernels H = phi(AvgPool_s(X)): (B, G, K*K, ceil(H/s), ceil(W/s))."""
+        kernels = self.span(self.act(self.reduce(self.pool(x))))
+        b, _, ho, wo = kernels.shape
+        return kernels.view(b, self.groups, self.kernel_size**2, ho, wo)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, ceil(H/stride), ceil(W/stride))."""
         check_feature_map(x, self.in_channels, type(self).__name__)
-        kernels = self.span(self.act(self.reduce(self.pool(x))))
-        b, _, ho, wo = kernels.shape
-        kernels = kernels.view(b, self.groups, self.kernel_size**2, ho, wo)
-        # Exporters have no kernel for the custom op: use the equivalent plain-op form there.
-        aggregate = (
-            involution_aggregate_unfold if torch.onnx.is_in_onnx_export() else involution_aggregate
-        )
+        kernels = self.generate_kernels(x)
+        # Exported files (ONNX, and .pt2 loaded without this library) have no kernel for the
+        # custom op: trace the equivalent plain-op form there.
+        exporting = torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+        aggregate = involution_aggregate_unfold if exporting else involution_aggregate
         return self.proj(aggregate(x, kernels, self.kernel_size, self.stride))
 
     def extra_repr(self) -> str:

@@ -1,8 +1,8 @@
 """X-volution: convolution and self-attention merged into one dynamic convolution.
 
 Paper: Xuanhong Chen, Hang Wang, Bingbing Ni, "X-volution: On the Unification of Convolution and
-Self-attention", arXiv:2106.02253. No official code exists; this implements the reconstruction in
-``shared/specs/xvolution.md`` (section numbers below refer to it). The file follows the spec:
+Self-attention", arXiv:2106.02253. No official code exists; this implements the reconstruction documented in
+``docs/operators/xvolution.md`` (the § numbers below name its parts):
 
 - §1.4 Pixel Shift Self-Attention (PSSA), with ``q = s·p`` the input centre of output pixel ``p``::
 
@@ -11,6 +11,14 @@ Self-attention", arXiv:2106.02253. No official code exists; this implements the 
   ``pssa_directions``, ``pixel_shift_products``, ``PixelShiftAttention``.
 - §1.5 X-volution(SA): the attention branch is the library's ``GlobalSelfAttention2d``
   (``layers/attention.py``), also the "SA alone" baseline.
+- X-volution with Involution (the paper's other general form): the attention branch is the
+  library's ``Involution2d`` (``layers/involution.py``). Its kernel at output pixel p is generated
+  from the input at p (average-pooled by the stride) and the branch is linear in the neighbours,
+  so both branches merge exactly into one dynamic convolution, ``InvolutionModulatedConv2d``::
+
+      K_p[o, c, δ] = Ŵ^s[o, c, δ] + a[o] · P[o, c] · H[g(c), δ, p]
+
+  (P the involution's output projection, identity when C_in == C_out; a the folded BN scale).
 - §2 the training module ``XVolution``: ``BN_c(Conv_KxK(X)) + BN_a(Attn(X))``, no activation.
 - §3 re-parameterisation. Pure fusion maths (``fuse_xvolution_kernels``, ``directions_to_kernel``)
   and the deploy operator, one dynamic convolution whose kernel at output pixel ``p`` is::
@@ -32,10 +40,12 @@ from torch import nn
 
 from ._checks import check_choice, check_feature_map, check_positive_int
 from .attention import GlobalSelfAttention2d
-from .conv_bn import fuse_conv_bn
+from .conv_bn import bn_scale_shift, fuse_conv_bn
+from .involution import Involution2d
 
 __all__ = [
     "CentreModulatedConv2d",
+    "InvolutionModulatedConv2d",
     "PixelShiftAttention",
     "XVolution",
     "centre_modulated_conv2d",
@@ -46,7 +56,7 @@ __all__ = [
 ]
 
 PSSA_WEIGHTINGS = ("full", "depthwise", "none")
-ATTENTIONS = ("pssa", "sa")
+ATTENTIONS = ("pssa", "sa", "involution")
 
 Direction = tuple[int, int]
 
@@ -540,13 +550,113 @@ class CentreModulatedConv2d(nn.Module):
         )
 
 
+class InvolutionModulatedConv2d(nn.Module):
+    """The deploy form of X-volution with an Involution branch: one dynamic convolution.
+
+    With H the involution's generated kernels (``Involution2d.generate_kernels``, K_i x K_i taps
+    per group g, from the input average-pooled by the stride), P its output projection (identity
+    when C_in == C_out) and a = ``dynamic_scale``, the kernel at output pixel p is::
+
+        K_p[o, c, δ] = W[o, c, δ] + a[o] · P[o, c] · H[g(c), δ, p]      (δ over max(K, K_i)²)
+        Y[o, p]     = b[o] + Σ_{c, δ} K_p[o, c, δ] · X[c, s·p + δ]       (zero padding)
+
+    where W (``weight``, K x K) is zero outside its window. It is computed as
+    ``conv2d(X, W) + b + a ⊙ Involution(X)``, never building per-pixel kernels;
+    :meth:`dynamic_kernels` builds them (for tests and visualisation).
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: K of the static part (odd).
+        stride: s.
+        involution_kernel_size: K_i (odd).
+        involution_group_channels: channels sharing one generated kernel.
+        involution_reduction: channel reduction of the kernel generator.
+
+    Submodules / keys: ``weight``, ``bias``, ``dynamic_scale`` (C_out,), ``involution`` (an
+    :class:`~convattn.layers.involution.Involution2d` with its generator BN folded).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        *,
+        involution_kernel_size: int = 7,
+        involution_group_channels: int = 16,
+        involution_reduction: int = 4,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_positive_int(in_channels, "in_channels", owner)
+        check_positive_int(out_channels, "out_channels", owner)
+        check_positive_int(stride, "stride", owner)
+        check_positive_int(kernel_size, "kernel_size", owner)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"{owner}: 'kernel_size' must be odd, got {kernel_size}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.dynamic_scale = nn.Parameter(torch.ones(out_channels))
+        self.involution = Involution2d(
+            in_channels,
+            out_channels,
+            stride,
+            kernel_size=involution_kernel_size,
+            group_channels=involution_group_channels,
+            reduction=involution_reduction,
+            deploy=True,
+        )
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.kernel_size // 2)
+        return out.addcmul(self.involution(x), self.dynamic_scale.view(1, -1, 1, 1))
+
+    def dynamic_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pixel kernels K_p, (B, C_out, C_in, K', K', ceil(H/s), ceil(W/s)) with
+        K' = max(K, K_i). Memory grows as C_out·C_in·K'²·pixels: small inputs only."""
+        inv = self.involution
+        k = max(self.kernel_size, inv.kernel_size)
+        generated = inv.generate_kernels(x)  # (B, G, K_i², Ho, Wo)
+        b, _, _, ho, wo = generated.shape
+        per_channel = generated.repeat_interleave(self.in_channels // inv.groups, dim=1)
+        per_channel = per_channel.view(
+            b, self.in_channels, inv.kernel_size, inv.kernel_size, ho, wo
+        )
+        if isinstance(inv.proj, nn.Conv2d):
+            mix = inv.proj.weight.flatten(1)
+        else:
+            mix = torch.eye(self.in_channels, dtype=x.dtype, device=x.device)
+        mix = self.dynamic_scale.view(-1, 1) * mix  # (C_out, C_in)
+        dynamic = mix.view(1, *mix.shape, 1, 1, 1, 1) * per_channel.unsqueeze(1)
+        pad_dyn = (k - inv.kernel_size) // 2
+        pad_static = (k - self.kernel_size) // 2
+        dynamic = F.pad(dynamic.movedim((3, 4), (5, 6)), (pad_dyn,) * 4).movedim((5, 6), (3, 4))
+        static = F.pad(self.weight, (pad_static,) * 4)
+        return dynamic + static.view(1, *static.shape, 1, 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, involution_kernel_size={self.involution.kernel_size}"
+        )
+
+
 class XVolution(nn.Module):
     """X-volution (arXiv:2106.02253): a KxK conv and an attention branch, each with a BatchNorm.
 
     Training form (§2): ``BN_c(Conv_KxK(X)) + BN_a(Attn(X))``, no activation and no BN after the
     sum (it replaces a "3x3 conv + BN" pair). ``reparameterize()`` folds both BNs and, for PSSA,
-    merges the branches into one dynamic convolution (§3, :class:`CentreModulatedConv2d`). For
-    ``attention="sa"`` the global branch cannot become a KxK kernel: re-parameterisation folds the
+    merges the branches into one dynamic convolution (§3, :class:`CentreModulatedConv2d`); for
+    ``attention="involution"`` likewise (:class:`InvolutionModulatedConv2d`, the involution's own
+    generator BN folded too). For ``attention="sa"`` the global branch cannot become a KxK kernel: re-parameterisation folds the
     conv BN into the conv and the attention BN into the output projection and keeps both branches.
 
     Args:
@@ -556,9 +666,14 @@ class XVolution(nn.Module):
         kernel_size: K of the conv branch, odd and >= 3 (the PSSA footprint must fit inside it).
         pssa_weighting: ``"full"`` | ``"depthwise"`` | ``"none"`` (see :class:`PixelShiftAttention`).
         include_center: PSSA also uses d = (0, 0), the term X ⊙ X.
-        attention: ``"pssa"`` (X-volution proper) or ``"sa"`` (X-volution(SA), global attention).
+        attention: ``"pssa"`` (X-volution proper), ``"sa"`` (X-volution(SA), global attention) or
+            ``"involution"`` (the attention branch is an :class:`Involution2d`).
         sa_head_dim: head width of the ``"sa"`` branch, whose attention width is ``in_channels``
             (:class:`GlobalSelfAttention2d`); ``in_channels`` must be divisible by it.
+        involution_kernel_size: kernel K_i of the ``"involution"`` branch (RedNet: 7).
+        involution_group_channels: channels sharing one generated kernel (RedNet: 16);
+            ``in_channels`` must be divisible by it.
+        involution_reduction: channel reduction of the kernel generator (RedNet: 4).
         attn_bn_zero_init: start the attention BN's gamma at 0 (training starts from the plain CNN);
             a stability knob, not in the paper (§2).
         deploy: build the re-parameterised form directly (for loading deploy state dicts).
@@ -566,14 +681,17 @@ class XVolution(nn.Module):
     Submodules (state-dict keys):
         training: ``conv`` (no bias), ``conv_bn``, ``attn``, ``attn_bn``;
         deploy, PSSA: ``reparam_conv`` (:class:`CentreModulatedConv2d`);
-        deploy, SA: ``reparam_conv`` (biased conv) and ``attn`` (``proj`` holds the folded BN).
+        deploy, SA: ``reparam_conv`` (biased conv) and ``attn`` (``proj`` holds the folded BN);
+        deploy, involution: ``reparam_conv`` (:class:`InvolutionModulatedConv2d`).
 
     MACs (as ``count_macs`` / FlopCounterMode counts them), per output pixel, N' = Ho·Wo:
         conv ``C_out·C_in·K²``, plus for PSSA ``'full'`` the 1x1 weighting ``C_out·|D|·C_in``, or
         for ``'depthwise'``/``'none'`` a 3x3 depthwise conv ``9·C``. The ``|D|·C_in`` products
         X ⊙ S_d(X) are elementwise and not counted (nor is BatchNorm). The deploy form of
         ``'full'`` counts the same. For ``'sa'``: ``3·C_in²`` (q/k/v) + ``2·N'·C_in`` (QK^T and
-        AV) + ``C_in·C_out`` (projection) on top of the conv.
+        AV) + ``C_in·C_out`` (projection) on top of the conv. For ``'involution'``: the
+        involution's ``C_in·C_in/r + C_in/r·K_i²·G + C_in·K_i²`` (+ ``C_in·C_out`` if projecting)
+        on top of the conv, in both forms.
     """
 
     def __init__(
@@ -587,6 +705,9 @@ class XVolution(nn.Module):
         include_center: bool = False,
         attention: str = "pssa",
         sa_head_dim: int = 64,
+        involution_kernel_size: int = 7,
+        involution_group_channels: int = 16,
+        involution_reduction: int = 4,
         attn_bn_zero_init: bool = False,
         deploy: bool = False,
     ) -> None:
@@ -598,7 +719,7 @@ class XVolution(nn.Module):
         _check_kernel_size(kernel_size, owner)
         check_choice(attention, "attention", ATTENTIONS, owner)
         check_choice(pssa_weighting, "pssa_weighting", PSSA_WEIGHTINGS, owner)
-        if attention == "sa" and (pssa_weighting != "full" or include_center):
+        if attention != "pssa" and (pssa_weighting != "full" or include_center):
             raise ValueError(
                 f"{owner}: 'pssa_weighting' and 'include_center' only apply to attention='pssa'"
             )
@@ -609,6 +730,12 @@ class XVolution(nn.Module):
         self.attention = attention
         self.pssa_weighting = pssa_weighting
         self.directions = pssa_directions(include_center)
+        self.involution_kernel_size = involution_kernel_size
+        self._involution_options = dict(
+            involution_kernel_size=involution_kernel_size,
+            involution_group_channels=involution_group_channels,
+            involution_reduction=involution_reduction,
+        )
         self.deploy = deploy
 
         if attention == "pssa" and pssa_weighting != "full" and in_channels != out_channels:
@@ -628,8 +755,19 @@ class XVolution(nn.Module):
             self.attn = GlobalSelfAttention2d(
                 in_channels, out_channels, stride, num_heads=in_channels // sa_head_dim
             )
+        if attention == "involution":
+            check_positive_int(involution_group_channels, "involution_group_channels", owner)
+            if in_channels % involution_group_channels:
+                raise ValueError(
+                    f"{owner}: the 'involution' branch needs in_channels ({in_channels}) divisible "
+                    f"by 'involution_group_channels' ({involution_group_channels})"
+                )
         if deploy:
-            if attention == "pssa":
+            if attention == "involution":
+                self.reparam_conv = InvolutionModulatedConv2d(
+                    in_channels, out_channels, kernel_size, stride, **self._involution_options
+                )
+            elif attention == "pssa":
                 self.reparam_conv = CentreModulatedConv2d(
                     in_channels,
                     out_channels,
@@ -648,6 +786,15 @@ class XVolution(nn.Module):
             self.attn = PixelShiftAttention(
                 in_channels, out_channels, stride, pssa_weighting, include_center
             )
+        elif attention == "involution":
+            self.attn = Involution2d(
+                in_channels,
+                out_channels,
+                stride,
+                kernel_size=involution_kernel_size,
+                group_channels=involution_group_channels,
+                reduction=involution_reduction,
+            )
         self.attn_bn = nn.BatchNorm2d(out_channels)
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
         if attn_bn_zero_init:
@@ -660,9 +807,9 @@ class XVolution(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.in_channels, type(self).__name__)
         if self.deploy:
-            if self.attention == "pssa":
-                return self.reparam_conv(x)
-            return self.reparam_conv(x) + self.attn(x)
+            if self.attention == "sa":
+                return self.reparam_conv(x) + self.attn(x)
+            return self.reparam_conv(x)
         return self.conv_bn(self.conv(x)) + self.attn_bn(self.attn(x))
 
     def get_equivalent_kernel_bias(
@@ -671,15 +818,21 @@ class XVolution(nn.Module):
         """The folded (static kernel, dynamic kernel on KxK taps, bias); differentiable.
 
         For ``attention="sa"`` the dynamic kernel is None (the global branch has no KxK kernel) and
-        the bias is the conv branch's only.
+        the bias is the conv branch's only. For ``attention="involution"`` the second item is the
+        per-output-channel scale ``a`` of the involution branch (its kernels are generated per
+        pixel, see :class:`InvolutionModulatedConv2d`) and the bias is both branches'.
         """
         if self.deploy:
             conv = self.reparam_conv
-            dynamic = conv.dynamic_weight if self.attention == "pssa" else None
-            return conv.weight, dynamic, conv.bias
+            dynamic = {"pssa": "dynamic_weight", "involution": "dynamic_scale"}.get(self.attention)
+            return conv.weight, getattr(conv, dynamic) if dynamic else None, conv.bias
         if self.attention == "sa":
             static, bias = fuse_conv_bn(self.conv.weight, None, self.conv_bn)
             return static, None, bias
+        if self.attention == "involution":
+            static, bias = fuse_conv_bn(self.conv.weight, None, self.conv_bn)
+            scale, shift = bn_scale_shift(self.attn_bn)
+            return static, scale, bias + shift
         return fuse_xvolution_kernels(
             self.conv.weight,
             self.conv_bn,
@@ -694,7 +847,19 @@ class XVolution(nn.Module):
         if self.deploy:
             return
         static, dynamic, bias = self.get_equivalent_kernel_bias()
-        if self.attention == "pssa":
+        if self.attention == "involution":
+            inv = self.attn
+            fused = InvolutionModulatedConv2d(
+                self.in_channels,
+                self.out_channels,
+                self.kernel_size,
+                self.stride,
+                **self._involution_options,
+            ).to(device=static.device, dtype=static.dtype)
+            inv.reparameterize()  # the kernel generator's own BN
+            fused.involution.load_state_dict(inv.state_dict())
+            fused.dynamic_scale = nn.Parameter(dynamic.detach().clone())
+        elif self.attention == "pssa":
             fused = CentreModulatedConv2d(
                 self.in_channels,
                 self.out_channels,
@@ -715,7 +880,7 @@ class XVolution(nn.Module):
         self.reparam_conv = fused.to(device=static.device, dtype=static.dtype)
         for name in ("conv", "conv_bn", "attn_bn"):
             delattr(self, name)
-        if self.attention == "pssa":
+        if self.attention != "sa":
             del self.attn
         self.deploy = True
 
@@ -755,6 +920,8 @@ class XVolution(nn.Module):
         opts = f"attention={self.attention!r}, deploy={self.deploy}"
         if self.attention == "pssa":
             opts += f", pssa_weighting={self.pssa_weighting!r}, directions={len(self.directions)}"
+        elif self.attention == "involution":
+            opts += f", involution_kernel_size={self.involution_kernel_size}"
         return (
             f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
             f"kernel_size={self.kernel_size}, {opts}"

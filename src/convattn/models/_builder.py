@@ -139,7 +139,9 @@ def _filtered(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, tor
 def _shape_of_checkpoint(state: Mapping[str, torch.Tensor], cfg: Mapping) -> dict[str, int | None]:
     """The class count and input channels a (filtered) state dict was trained with."""
     classes = chans = None
-    head = state.get(f"{cfg.get('classifier')}.weight") if cfg.get("classifier") else None
+    classifier = cfg.get("classifier")
+    classifier = classifier if isinstance(classifier, str) or not classifier else classifier[0]
+    head = state.get(f"{classifier}.weight") if classifier else None
     if head is not None and head.ndim == 2:
         classes = int(head.shape[0])
     stem = state.get(f"{cfg.get('first_conv')}.weight") if cfg.get("first_conv") else None
@@ -260,37 +262,40 @@ def _load_state(
                 "Adapted stem '%s' from %d to %d input channels", key, src_chans, own[key].shape[1]
             )
 
+    # One classifier name, or several (timm's tuple form, e.g. a token-labeling auxiliary head).
     classifier = cfg.get("classifier")
-    if classifier:
-        # A head with another class count (the same input width): a different classifier.
-        # Another input width means another architecture, reported below as mismatched keys.
-        weight = classifier + ".weight"
-        misfits = []
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    # A head with another class count (the same input width): a different classifier. Another
+    # input width means another architecture, reported below as mismatched keys.
+    misfits: list[str] = []
+    for name in classifiers:
+        weight = name + ".weight"
         if weight in state and weight in own:
             theirs, ours = state[weight].shape, own[weight].shape
             if theirs != ours and theirs[1:] == ours[1:]:
-                misfits = [k for k in (weight, classifier + ".bias") if k in state and k in own]
-        if misfits and not reset_classifier:
-            theirs = _shape_of_checkpoint(state, cfg)["num_classes"]
-            raise ValueError(
-                f"checkpoint_path: {checkpoint_path} has a {theirs}-class classifier "
-                f"('{classifier}'), the model has num_classes="
-                f"{getattr(model, 'num_classes', '?')}; build the model with the checkpoint's "
-                "class count, or pass reset_classifier=True (--reset-classifier) to start a "
-                "new, randomly initialised classifier"
-            )
-        for key in (classifier + ".weight", classifier + ".bias"):
+                misfits += [k for k in (weight, name + ".bias") if k in state and k in own]
+    if misfits and not reset_classifier:
+        theirs = _shape_of_checkpoint(state, cfg)["num_classes"]
+        raise ValueError(
+            f"checkpoint_path: {checkpoint_path} has a {theirs}-class classifier "
+            f"('{classifiers[0]}'), the model has num_classes="
+            f"{getattr(model, 'num_classes', '?')}; build the model with the checkpoint's "
+            "class count, or pass reset_classifier=True (--reset-classifier) to start a "
+            "new, randomly initialised classifier"
+        )
+    for name in classifiers:
+        for key in (name + ".weight", name + ".bias"):
             # A checkpoint head for a model built without one (num_classes=0) is dropped too.
             if key in state and (key not in own or key in misfits):
                 state.pop(key)
                 if key in own:
                     reinit.append(key)
-        if reinit:
-            _logger.warning(
-                "Classifier '%s' re-initialised (reset_classifier=True): num_classes=%s",
-                classifier,
-                getattr(model, "num_classes", "?"),
-            )
+    if reinit:
+        _logger.warning(
+            "Classifier '%s' re-initialised (reset_classifier=True): num_classes=%s",
+            "', '".join(classifiers),
+            getattr(model, "num_classes", "?"),
+        )
 
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     for k in mismatched:

@@ -2,8 +2,7 @@
 
 Zhu, Wang, Zhang, Lau, "Revisiting the Integration of Convolution and Attention for Vision
 Backbone", NeurIPS 2024, arXiv 2411.14429; official code ``rayleizhu/GLMix`` (``models/glnet.py``).
-Architecture and key layout follow ``shared/specs/glmix.md`` sections 1-3 and the section-8
-checklist; module and parameter names equal the official ones, so the released checkpoints
+Module and parameter names equal the official ones, so the released checkpoints
 (``{"model": sd}``, ``{"model_ema": sd}`` for glnet_16g) load without any remapping.
 
 Macro-architecture: ``downsample_layers[i]`` then ``stages[i]`` for i = 0..3, BatchNorm2d, global
@@ -34,14 +33,22 @@ Deliberate differences from the official code: attention runs through
 :class:`~convattn.layers.attention.MultiheadSelfAttention` (SDPA, O(N) memory on CPU, same keys as
 ``nn.MultiheadAttention``); the official eval-mode cast of the normed tokens back to the residual's
 dtype (an AMP workaround) is not needed because our norms keep the input dtype; ``reset_classifier``
-uses the last width (the official one passes the width list); token-labeling variants (``*_tklb``,
-with an auxiliary token head) are not provided.
+uses the last width (the official one passes the width list).
+
+Token-labeling variants (``glnet_4g_tklb``, ``glnet_9g_tklb``, official ``models/glnet_tklb.py``,
+trained with token labeling, Jiang et al., "All Tokens Matter", NeurIPS 2021):
+:class:`GLNetTokenLabel` adds ``tklb_aux_head``, a Linear classifier applied to every final-stage
+token. In training mode it mixes tokens (a CutMix box drawn on the final grid, pasted from the
+reversed batch right after the stem) and returns ``(class logits, token logits, box)`` with the
+token logits un-mixed; in eval mode it returns ``class logits + 0.5 * max over tokens of the token
+logits``. See the class docstring and ``docs/operators/glmix.md``.
 
 The file ends with the configuration table and the registered constructors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 
@@ -56,7 +63,15 @@ from ._features import resolve_out_indices
 from ._helpers import init_linear_and_layernorm, make_cfg, stochastic_depth_rates
 from ._registry import register_model
 
-__all__ = ["GLNet", "GLNetStage", "LayerScale", "MHSABlock", "MHSANCHWBlock", "conv_mlp"]
+__all__ = [
+    "GLNet",
+    "GLNetStage",
+    "GLNetTokenLabel",
+    "LayerScale",
+    "MHSABlock",
+    "MHSANCHWBlock",
+    "conv_mlp",
+]
 
 MIXING_MODES = ("glmix", "glmix.mha_nchw", "mha_nchw", "mha")
 DOWNSAMPLE_STYLES = ("overlapped", "non_overlapped")
@@ -479,6 +494,134 @@ class GLNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+TokenBox = tuple[int, int, int, int]
+"""A box on the final token grid: (row0, col0, row1, col1), half-open."""
+
+
+class GLNetTokenLabel(GLNet):
+    """GLNet with the token-labeling auxiliary head (official ``GLNet_tklb``).
+
+    Same backbone and keys as :class:`GLNet` plus ``tklb_aux_head`` (Linear, last width ->
+    ``num_classes``) applied to every token of the final, normalised map.
+
+    ``forward`` depends on the mode, as in the official model:
+
+    * **training**: "MixToken". A box is drawn on the final token grid (``lam ~ Beta(beta, beta)``,
+      side ``sqrt(1 - lam)`` of the grid, uniform centre, clipped), scaled by the stem-to-final
+      reduction (8) onto the stem output, and that region of the stem output is replaced by the
+      same region of the reversed batch (image ``b`` takes it from image ``B - 1 - b``). The token
+      logits are then un-mixed with the same box, so token ``i`` of image ``b`` again describes
+      image ``b``'s own content there. Returns ``(class_logits (B, K), token_logits (B, N, K),
+      box)`` with ``box = (row0, col0, row1, col1)`` on the final grid (the official tuple
+      ``(bbx1, bby1, bbx2, bby2)``, whose first coordinate runs along the height). The class
+      target must then be mixed with ``lam = 1 - box area / N`` (see
+      :func:`convattn.train.token_label.token_label_loss`).
+    * **eval**: ``class_logits + 0.5 * token_logits.max(dim=1).values`` (B, K).
+
+    With ``num_classes=0`` there is no head and no auxiliary head; ``forward`` returns the pooled
+    features as :class:`GLNet` does.
+
+    Args:
+        mix_token: draw the MixToken box in training (official: always). False keeps the
+            training output tuple with an empty box.
+        mix_beta: Beta parameter of the box area (official 1.0: uniform).
+        aux_weight: weight of the token logits' max in the eval output (official 0.5).
+        **kwargs: :class:`GLNet` arguments.
+    """
+
+    def __init__(
+        self,
+        *,
+        mix_token: bool = True,
+        mix_beta: float = 1.0,
+        aux_weight: float = 0.5,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        owner = type(self).__name__
+        if not mix_beta > 0:
+            raise ValueError(f"{owner}: 'mix_beta' must be > 0, got {mix_beta!r}")
+        self.mix_token = bool(mix_token)
+        self.mix_beta = float(mix_beta)
+        self.aux_weight = float(aux_weight)
+        reductions = [f["reduction"] for f in self.feature_info]
+        self.token_pooling_scale = reductions[-1] // reductions[0]  # stem map -> final grid (8)
+        self.tklb_aux_head: nn.Module | None = self._make_aux_head(self.num_classes)
+
+    def _make_aux_head(self, num_classes: int) -> nn.Module | None:
+        if num_classes <= 0:
+            return None
+        head = nn.Linear(self.num_features, num_classes)
+        init_linear_and_layernorm(head)
+        return head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        super().reset_classifier(num_classes)
+        self.tklb_aux_head = self._make_aux_head(num_classes)
+
+    def sample_box(self, grid: tuple[int, int]) -> TokenBox:
+        """Draw a MixToken box on a ``grid`` = (rows, cols) token grid (torch's global RNG)."""
+        rows, cols = grid
+        beta = torch.distributions.Beta(torch.tensor(self.mix_beta), torch.tensor(self.mix_beta))
+        ratio = math.sqrt(1.0 - float(beta.sample()))
+        cut_r, cut_c = int(rows * ratio), int(cols * ratio)
+        cr = int(torch.randint(0, rows, ()).item())
+        cc = int(torch.randint(0, cols, ()).item())
+        r0, r1 = min(max(cr - cut_r // 2, 0), rows), min(max(cr + cut_r // 2, 0), rows)
+        c0, c1 = min(max(cc - cut_c // 2, 0), cols), min(max(cc + cut_c // 2, 0), cols)
+        return r0, c0, r1, c1
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Final normalised map as tokens (B, N, C), N = rows * cols of the final grid."""
+        return self.forward_features(x).flatten(2).transpose(1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Eval-mode output from the final map (B, C, h, w): class + 0.5 * max token logits."""
+        pooled = x.mean(dim=(2, 3))
+        if pre_logits or self.tklb_aux_head is None:
+            return pooled if pre_logits else self.head(pooled)
+        tokens = x.flatten(2).transpose(1, 2)
+        return self.head(pooled) + self.aux_weight * self.tklb_aux_head(tokens).amax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple:
+        if not self.training or self.tklb_aux_head is None:
+            return self.forward_head(self.forward_features(x))
+        x = self.forward_stem(x)
+        # The final grid of this input: each later downsampling maps H to ceil(H / 2) (overlapped)
+        # or floor(H / 2) (patch convs); the box is drawn there and scaled to the stem map.
+        final = self._final_grid(x.shape[-2:])
+        box = self.sample_box(final) if self.mix_token else (0, 0, 0, 0)
+        r0, c0, r1, c1 = box
+        s = self.token_pooling_scale
+        if r1 > r0 and c1 > c0:
+            x = x.clone()
+            region = (slice(None), slice(None), slice(s * r0, s * r1), slice(s * c0, s * c1))
+            x[region] = x.flip(0)[region]
+        for i in range(self.num_stages):
+            if i > 0:
+                x = self.downsample_layers[i](x)
+            x = self.stages[i](x)
+        x = self.norm(x)
+        rows, cols = x.shape[-2:]
+        tokens = x.flatten(2).transpose(1, 2)
+        cls_logits = self.head(tokens.mean(dim=1))
+        aux = self.tklb_aux_head(tokens)
+        if r1 > r0 and c1 > c0:
+            aux = aux.reshape(aux.shape[0], rows, cols, -1).clone()
+            aux[:, r0:r1, c0:c1] = aux.flip(0)[:, r0:r1, c0:c1]
+            aux = aux.reshape(aux.shape[0], rows * cols, -1)
+        return cls_logits, aux, box
+
+    def _final_grid(self, stem_hw: torch.Size) -> tuple[int, int]:
+        h, w = int(stem_hw[0]), int(stem_hw[1])
+        for _ in range(self.num_stages - 1):
+            if self.min_input_size == 1:  # overlapped: conv 3x3/2, padding 1
+                h, w = -(-h // 2), -(-w // 2)
+            else:  # patch conv 2x2/2
+                h, w = h // 2, w // 2
+        return h, w
+
+
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Official GLNet checkpoints use our names and shapes (all buffers included): pass through."""
     return state_dict
@@ -491,6 +634,8 @@ _PAPER = (
 )
 _RELEASE = "{}.pth (rayleizhu/GLMix README model card, OneDrive; manual download)"
 _4G_CFG = dict(first_conv="downsample_layers.0.1", classifier="head", paper=_PAPER)
+# Token labeling: both heads are classifiers (re-initialised together when num_classes changes).
+_TKLB_CFG = dict(_4G_CFG, classifier=("head", "tklb_aux_head"))
 _STL_CFG = dict(first_conv="downsample_layers.0.0", classifier="head", paper=_PAPER)
 
 default_cfgs = {
@@ -529,6 +674,20 @@ default_cfgs = {
         paper_params_m=30.0,
         paper_gmacs=4.4,
         official_checkpoint=_RELEASE.format("glnet_stl_paramslot"),
+    ),
+    "glnet_4g_tklb": make_cfg(
+        **_TKLB_CFG,
+        paper_top1=84.4,
+        paper_params_m=27.0,
+        paper_gmacs=4.5,
+        official_checkpoint=_RELEASE.format("glnet_4g_tklb"),
+    ),
+    "glnet_9g_tklb": make_cfg(
+        **_TKLB_CFG,
+        paper_top1=85.3,
+        paper_params_m=61.0,
+        paper_gmacs=9.7,
+        official_checkpoint=_RELEASE.format("glnet_9g_tklb"),
     ),
     "glnet_nano": make_cfg(
         **_4G_CFG,
@@ -612,3 +771,20 @@ def glnet_nano(**kwargs) -> GLNet:
     residual depthwise conv; CPE; stage 3 = one GLMix + one full-MHSA block.
     """
     return _glnet(**dict(_NANO) | kwargs)
+
+
+def _glnet_tklb(**kwargs) -> GLNetTokenLabel:
+    kwargs.pop("pretrained", None)
+    return GLNetTokenLabel(**kwargs)
+
+
+@register_model
+def glnet_4g_tklb(**kwargs) -> GLNetTokenLabel:
+    """GLNet-4G with the token-labeling auxiliary head: 27,514,593 params, 4.51 GMACs."""
+    return _glnet_tklb(**dict(_4G_FAMILY, widths=(64, 128, 256, 512)) | kwargs)
+
+
+@register_model
+def glnet_9g_tklb(**kwargs) -> GLNetTokenLabel:
+    """GLNet-9G with the token-labeling auxiliary head: 60,779,617 params, 9.63 GMACs."""
+    return _glnet_tklb(**dict(_4G_FAMILY, widths=(96, 192, 384, 768)) | kwargs)

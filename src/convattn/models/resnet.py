@@ -1,13 +1,19 @@
-"""ResNet (torchvision v1.5 layout) and its hybrid variants: X-volution and ACmix.
+"""ResNet (torchvision v1.5 layout) with one spatial operator per stage: X-volution, ACmix and more.
+
+Every block's 3x3 position is built by the stage's *operator*, named in ``stage_ops`` (one name per
+stage) and looked up in :data:`STAGE_OPS`; ``op_args`` (operator name -> options) is the one place
+its options come from. ``create_model("resnet50", stage_ops=("conv", "conv", "xvolution",
+"xvolution"))`` is the X-volution paper's stage-3-and-4 ablation. The registered hybrids are such
+entries:
 
 * ResNet: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (v1.5: the stride
-  of a bottleneck sits in its 3x3 conv, as in torchvision).
-* X-volution ResNets (arXiv 2106.02253; ``../shared/specs/xvolution.md`` section 4): every 3x3
-  conv of stage 3 (``layer3``) becomes an :class:`~convattn.layers.xvolution.XVolution`, whose two
-  branch BatchNorms replace the block's BN there. The attention branch's BN gamma starts at 0 (the
-  spec's optional stability knob, section 2), so an untrained model behaves like the plain ResNet.
-* ACmix ResNets (arXiv 2111.14556; official LeapLabTHU/ACmix ``ResNet/ResNet_ImageNet.py``): every
-  bottleneck 3x3 conv becomes :class:`~convattn.layers.acmix.ACmix` (k_att 7, 4 heads, k_conv 3);
+  of a bottleneck sits in its 3x3 conv, as in torchvision). All stages ``"conv"``.
+* X-volution ResNets (arXiv 2106.02253): stage 3 (``layer3``) ``"xvolution"`` (PSSA),
+  ``"xvolution_sa"`` or ``"xvolution_inv"``; the operator's two branch BatchNorms replace the
+  block's BN there. The attention branch's BN gamma starts at 0 (an optional stability knob, see
+  ``docs/operators/xvolution.md``), so an untrained model behaves like the plain ResNet.
+* ACmix ResNets (arXiv 2111.14556; official LeapLabTHU/ACmix ``ResNet/ResNet_ImageNet.py``): all
+  stages ``"acmix"``, :class:`~convattn.layers.acmix.ACmix` (k_att 7, 4 heads, k_conv 3);
   the BN after it stays. Key names equal the official ones, so released weights load directly.
   Deliberate difference: the official builder re-initialises every Conv2d with Kaiming, which
   also overwrites ACmix's shift initialisation of ``dep_conv``; we keep the shift init, which is
@@ -16,15 +22,20 @@
 Deploy form (``reparameterize()`` / ``deploy=True``, see :mod:`convattn.deploy.reparam`): every
 conv + BN pair (stem ``conv1``/``bn1``, each block's pairs, ``downsample.0``/``.1``) becomes one
 biased conv with the BN replaced by ``nn.Identity`` (keys ``conv*.bias`` appear, ``bn*`` keys go);
-X-volution switches to its single dynamic convolution; ACmix folds its rates and keeps its BN.
+X-volution switches to its single dynamic convolution; ACmix folds its rates and keeps its BN;
+Involution folds its kernel generator's BN; the BN after Involution, global attention and GLMix
+stays (it follows a non-linear operator).
 
 The file ends with the configuration table and the registered constructors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,12 +47,12 @@ from ._features import resolve_out_indices
 from ._helpers import make_cfg, stochastic_depth_rates
 from ._registry import register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+__all__ = ["STAGE_OPS", "BasicBlock", "Bottleneck", "ResNet", "StageOp", "resolve_stage_ops"]
 
 # A "spatial conv" factory builds the 3x3 position of a block: (in, out, stride) -> (module, norm).
-# The norm is the block's BN for plain/ACmix convs, and Identity for X-volution (its branch BNs
-# already normalise). Deploy models call it with ``deploy=True`` (the fused form).
-SpatialConv = Callable[[int, int, int], tuple[nn.Module, nn.Module]]
+# The norm is the block's BN for plain convs and most operators, and Identity for X-volution (its
+# branch BNs already normalise). Deploy models call it with ``deploy=True`` (the fused form).
+SpatialConv = Callable[..., tuple[nn.Module, nn.Module]]
 
 
 def conv_bn(
@@ -60,26 +71,175 @@ def conv3x3_bn(
     return conv_bn(in_ch, out_ch, 3, stride, deploy)
 
 
-def xvolution_conv(
-    in_ch: int, out_ch: int, stride: int, deploy: bool = False, **kwargs
-) -> tuple[nn.Module, nn.Module]:
+def _xvolution(in_ch: int, out_ch: int, stride: int, deploy: bool = False, **options):
     from ..layers.xvolution import XVolution
 
-    # The attention branch's BN starts at gamma = 0 (spec section 2, optional knob): with gamma = 1
-    # the second-order PSSA products compound over stage 3's stacked blocks and overflow float32 in
-    # eval mode at initialisation. Training learns gamma; pass attn_bn_zero_init=False to disable.
-    kwargs.setdefault("attn_bn_zero_init", True)
-    return XVolution(in_ch, out_ch, stride, deploy=deploy, **kwargs), nn.Identity()
+    return XVolution(in_ch, out_ch, stride, deploy=deploy, **options), nn.Identity()
 
 
-def acmix_conv(
-    in_ch: int, out_ch: int, stride: int, deploy: bool = False, **kwargs
-) -> tuple[nn.Module, nn.Module]:
+def _acmix(in_ch: int, out_ch: int, stride: int, deploy: bool = False, **options):
     from ..layers.acmix import ACmix
 
     # ACmix's deploy form has the training form's structure (rates folded to 1), and the BN after
     # it stays (it cannot be folded into ACmix), so ``deploy`` changes nothing here.
-    return ACmix(in_ch, out_ch, stride, **kwargs), nn.BatchNorm2d(out_ch)
+    return ACmix(in_ch, out_ch, stride, **options), nn.BatchNorm2d(out_ch)
+
+
+def _involution(in_ch: int, out_ch: int, stride: int, deploy: bool = False, **options):
+    from ..layers.involution import Involution2d
+
+    return Involution2d(in_ch, out_ch, stride, deploy=deploy, **options), nn.BatchNorm2d(out_ch)
+
+
+def _attention(in_ch: int, out_ch: int, stride: int, deploy: bool = False, **options):
+    from ..layers.attention import GlobalSelfAttention2d
+
+    return GlobalSelfAttention2d(in_ch, out_ch, stride, **options), nn.BatchNorm2d(out_ch)
+
+
+def _glmix(in_ch: int, out_ch: int, stride: int, deploy: bool = False, **options):
+    from ..layers.glmix import GLMix
+
+    return GLMix(in_ch, out_ch, stride, **options), nn.BatchNorm2d(out_ch)
+
+
+def _operator_class(name: str) -> type[nn.Module]:
+    from ..layers import ACmix, GLMix, GlobalSelfAttention2d, Involution2d, XVolution
+
+    return dict(
+        conv=nn.Conv2d,
+        xvolution=XVolution,
+        acmix=ACmix,
+        involution=Involution2d,
+        attention=GlobalSelfAttention2d,
+        glmix=GLMix,
+    )[name]
+
+
+@dataclass(frozen=True)
+class StageOp:
+    """An entry of :data:`STAGE_OPS`: how one operator fills a block's 3x3 position.
+
+    Attributes:
+        build: ``(in_ch, out_ch, stride, deploy=False, **options) -> (module, norm)``.
+        options: default options, overridden by ``op_args[name]``.
+        kind: the operator family (``conv``, ``xvolution``, ``acmix``...), naming its class.
+        summary: one line for docs and error messages.
+    """
+
+    build: SpatialConv
+    options: Mapping[str, Any]
+    kind: str
+    summary: str
+
+    def option_names(self) -> tuple[str, ...]:
+        """The keyword options the operator's constructor accepts."""
+        if self.kind == "conv":
+            return ()
+        params = inspect.signature(_operator_class(self.kind).__init__).parameters.values()
+        skip = {"self", "in_channels", "out_channels", "stride", "deploy"}
+        return tuple(p.name for p in params if p.name not in skip and p.kind is not p.VAR_KEYWORD)
+
+
+# The X-volution ResNets start the attention branch's BN gamma at 0: with gamma = 1 the
+# second-order PSSA products compound over a stage's stacked blocks and overflow float32 in eval
+# mode at initialisation. Training learns gamma; op_args={"xvolution": {"attn_bn_zero_init":
+# False}} disables it.
+STAGE_OPS: dict[str, StageOp] = {
+    "conv": StageOp(conv3x3_bn, {}, "conv", "3x3 convolution + BN (plain ResNet)"),
+    "xvolution": StageOp(
+        _xvolution,
+        {"attention": "pssa", "attn_bn_zero_init": True},
+        "xvolution",
+        "X-volution, pixel-shift self-attention branch (merges into one dynamic conv)",
+    ),
+    "xvolution_sa": StageOp(
+        _xvolution,
+        {"attention": "sa", "attn_bn_zero_init": True},
+        "xvolution",
+        "X-volution(SA), global self-attention branch",
+    ),
+    "xvolution_inv": StageOp(
+        _xvolution,
+        {"attention": "involution", "attn_bn_zero_init": True},
+        "xvolution",
+        "X-volution, Involution branch (merges into one dynamic conv)",
+    ),
+    "acmix": StageOp(
+        _acmix,
+        {"kernel_att": 7, "heads": 4, "kernel_conv": 3},
+        "acmix",
+        "ACmix (7x7 window attention + shift conv) + BN",
+    ),
+    "involution": StageOp(
+        _involution,
+        {"kernel_size": 7, "group_channels": 16, "reduction": 4},
+        "involution",
+        "Involution 7x7 (RedNet) + BN",
+    ),
+    "attention": StageOp(
+        _attention, {"head_dim": 64}, "attention", "global multi-head self-attention + BN"
+    ),
+    "glmix": StageOp(_glmix, {}, "glmix", "GLMix (slot attention + local conv) + BN"),
+}
+"""The operators a ResNet stage can use (``stage_ops`` names), with their default options."""
+
+
+def resolve_stage_ops(
+    stage_ops: Sequence[str] | str | None,
+    num_stages: int,
+    op_args: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[tuple[str, ...], list[SpatialConv]]:
+    """Validate ``stage_ops`` and ``op_args``; return the names and one factory per stage.
+
+    ``stage_ops`` is a sequence of :data:`STAGE_OPS` names, one per stage, or the same as one
+    comma-separated string; None means all ``"conv"``. ``op_args[name]`` overrides the defaults
+    of operator ``name`` wherever it is used.
+    """
+    valid = ", ".join(STAGE_OPS)
+    if stage_ops is None:
+        names: tuple[str, ...] = ("conv",) * num_stages
+    else:
+        items = stage_ops.split(",") if isinstance(stage_ops, str) else stage_ops
+        if not isinstance(items, Sequence) or not all(isinstance(n, str) for n in items):
+            raise ValueError(
+                f"ResNet: 'stage_ops' must be a sequence of operator names (one of {valid}), "
+                f"got {stage_ops!r}"
+            )
+        names = tuple(n.strip() for n in items)
+    if len(names) != num_stages:
+        raise ValueError(
+            f"ResNet: 'stage_ops' needs one operator per stage ({num_stages} stages), got "
+            f"{len(names)}: {list(names)}; valid operators: {valid}"
+        )
+    unknown = [n for n in names if n not in STAGE_OPS]
+    if unknown:
+        raise ValueError(
+            f"ResNet: unknown operator(s) {unknown} in 'stage_ops'; valid operators: {valid}"
+        )
+    op_args = dict(op_args or {})
+    bad = [n for n in op_args if n not in STAGE_OPS]
+    if bad:
+        raise ValueError(
+            f"ResNet: unknown operator(s) {bad} in 'op_args'; valid operators: {valid}"
+        )
+    factories: list[SpatialConv] = []
+    for name in names:
+        op = STAGE_OPS[name]
+        given = op_args.get(name) or {}
+        if not isinstance(given, Mapping):
+            raise ValueError(
+                f"ResNet: op_args[{name!r}] must be a mapping of options, got {given!r}"
+            )
+        allowed = op.option_names()
+        wrong = sorted(set(given) - set(allowed))
+        if wrong:
+            raise ValueError(
+                f"ResNet: op_args[{name!r}] has unknown option(s) {wrong}; {name} accepts "
+                f"{list(allowed) or 'no options'}"
+            )
+        factories.append(partial(op.build, **(dict(op.options) | dict(given))))
+    return names, factories
 
 
 class BasicBlock(nn.Module):
@@ -169,13 +329,17 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet v1.5 with a pluggable spatial convolution per stage.
+    """ResNet v1.5 with one spatial operator per stage.
 
     Args:
         block: ``BasicBlock`` or ``Bottleneck``.
         layers: number of blocks per stage.
         widths: bottleneck/basic widths per stage.
-        spatial_convs: per-stage factory for the 3x3 position (None = plain conv + BN).
+        stage_ops: the operator of every 3x3 position of each stage, names from
+            :data:`STAGE_OPS` (one per stage, or one comma-separated string); None = all
+            ``"conv"``.
+        op_args: options per operator name, e.g. ``{"xvolution": {"pssa_weighting":
+            "depthwise"}}``, over the defaults in :data:`STAGE_OPS`.
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
         in_chans: input channels.
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool, stride 4) or ``"small"`` (3x3/1 conv, no
@@ -192,7 +356,8 @@ class ResNet(nn.Module):
         block: type[BasicBlock] | type[Bottleneck],
         layers: Sequence[int],
         widths: Sequence[int] = (64, 128, 256, 512),
-        spatial_convs: Sequence[SpatialConv | None] | None = None,
+        stage_ops: Sequence[str] | str | None = None,
+        op_args: Mapping[str, Mapping[str, Any]] | None = None,
         num_classes: int = 1000,
         in_chans: int = 3,
         stem: str = "imagenet",
@@ -208,7 +373,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet: 'stem' must be 'imagenet' or 'small', got {stem!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
-        spatial_convs = list(spatial_convs or [None] * len(layers))
+        self.stage_ops, factories = resolve_stage_ops(stage_ops, len(layers), op_args)
         if stem == "imagenet":
             self.conv1, self.bn1 = conv_bn(in_chans, stem_width, 7, stride=2, deploy=deploy)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
@@ -225,11 +390,14 @@ class ResNet(nn.Module):
         for i, (n, width) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
             reduction *= stride
-            factory = spatial_convs[i] or conv3x3_bn
-            stage, in_ch = self._make_stage(block, in_ch, width, n, stride, factory, dpr[i], deploy)
+            stage, in_ch = self._make_stage(
+                block, in_ch, width, n, stride, factories[i], dpr[i], deploy
+            )
             self.add_module(f"layer{i + 1}", stage)
             self.feature_info.append(
-                dict(num_chs=in_ch, reduction=reduction, module=f"layer{i + 1}")
+                dict(
+                    num_chs=in_ch, reduction=reduction, module=f"layer{i + 1}", op=self.stage_ops[i]
+                )
             )
         self.num_stages = len(layers)
         self.num_features = in_ch
@@ -343,6 +511,9 @@ default_cfgs = {
     "xvolution_sa_resnet50": make_cfg(
         first_conv="conv1", classifier="fc", paper=_XVOL_PAPER, official_checkpoint=None
     ),
+    "xvolution_inv_resnet50": make_cfg(
+        first_conv="conv1", classifier="fc", paper=_XVOL_PAPER, official_checkpoint=None
+    ),
     "acmix_resnet26": make_cfg(
         first_conv="conv1",
         classifier="fc",
@@ -384,13 +555,20 @@ _DEPTHS = {26: [1, 2, 4, 1], 34: [3, 4, 6, 3], 38: [2, 3, 5, 2], 50: [3, 4, 6, 3
 _NANO = dict(layers=[1, 1, 1, 1], widths=(16, 32, 64, 128), stem="small", stem_width=16)
 
 
+_LEGACY_OPTIONS = {"xvolution_args": "xvolution", "acmix_args": "acmix", "spatial_convs": None}
+
+
 def _resnet(**kwargs) -> ResNet:
     kwargs.pop("pretrained", None)
+    for old, op in _LEGACY_OPTIONS.items():
+        if old in kwargs:
+            hint = f"op_args={{{op!r}: {{...}}}}" if op else "stage_ops=(...) with op_args"
+            raise ValueError(f"ResNet: '{old}' was replaced by {hint} (see STAGE_OPS)")
     return ResNet(**kwargs)
 
 
-def _stage3(factory: SpatialConv) -> list[SpatialConv | None]:
-    return [None, None, factory, None]
+def _stage3(op: str) -> tuple[str, ...]:
+    return ("conv", "conv", op, "conv")
 
 
 @register_model
@@ -419,53 +597,44 @@ def resnet50(**kwargs) -> ResNet:
 
 @register_model
 def xvolution_resnet34(**kwargs) -> ResNet:
-    """ResNet-34 with every 3x3 conv of stage 3 replaced by X-volution (PSSA), ~27.8 M params."""
-    xvol = partial(xvolution_conv, **kwargs.pop("xvolution_args", {}))
-    return _resnet(
-        **dict(block=BasicBlock, layers=_DEPTHS[34], spatial_convs=_stage3(xvol)) | kwargs
-    )
+    """``resnet34`` with stage_ops conv, conv, xvolution, conv (PSSA), ~27.8 M params."""
+    return resnet34(**dict(stage_ops=_stage3("xvolution")) | kwargs)
 
 
 @register_model
 def xvolution_resnet50(**kwargs) -> ResNet:
-    """ResNet-50 with every 3x3 conv of stage 3 replaced by X-volution (PSSA), ~28.7 M params."""
-    xvol = partial(xvolution_conv, **kwargs.pop("xvolution_args", {}))
-    return _resnet(
-        **dict(block=Bottleneck, layers=_DEPTHS[50], spatial_convs=_stage3(xvol)) | kwargs
-    )
+    """``resnet50`` with stage_ops conv, conv, xvolution, conv (PSSA), ~28.7 M params."""
+    return resnet50(**dict(stage_ops=_stage3("xvolution")) | kwargs)
 
 
 @register_model
 def xvolution_sa_resnet50(**kwargs) -> ResNet:
-    """ResNet-50 with stage-3 3x3 convs replaced by X-volution with the global SA branch."""
-    xvol = partial(xvolution_conv, attention="sa", **kwargs.pop("xvolution_args", {}))
-    return _resnet(
-        **dict(block=Bottleneck, layers=_DEPTHS[50], spatial_convs=_stage3(xvol)) | kwargs
-    )
+    """``resnet50`` with stage_ops conv, conv, xvolution_sa, conv (global SA branch)."""
+    return resnet50(**dict(stage_ops=_stage3("xvolution_sa")) | kwargs)
 
 
-def _acmix_resnet(depth: int, **kwargs) -> ResNet:
-    acmix = partial(acmix_conv, **kwargs.pop("acmix_args", {}))
-    convs = [acmix] * 4
-    return _resnet(**dict(block=Bottleneck, layers=_DEPTHS[depth], spatial_convs=convs) | kwargs)
+@register_model
+def xvolution_inv_resnet50(**kwargs) -> ResNet:
+    """``resnet50`` with stage_ops conv, conv, xvolution_inv, conv (Involution branch)."""
+    return resnet50(**dict(stage_ops=_stage3("xvolution_inv")) | kwargs)
 
 
 @register_model
 def acmix_resnet26(**kwargs) -> ResNet:
-    """ACmix-ResNet-26 (official layout), 10.49 M params."""
-    return _acmix_resnet(26, **kwargs)
+    """ACmix-ResNet-26 (official layout): ``resnet26`` with acmix in every stage, 10.49 M params."""
+    return resnet26(**dict(stage_ops=("acmix",) * 4) | kwargs)
 
 
 @register_model
 def acmix_resnet38(**kwargs) -> ResNet:
-    """ACmix-ResNet-38 (official layout), 14.41 M params."""
-    return _acmix_resnet(38, **kwargs)
+    """ACmix-ResNet-38 (official layout): ``resnet38`` with acmix in every stage, 14.41 M params."""
+    return resnet38(**dict(stage_ops=("acmix",) * 4) | kwargs)
 
 
 @register_model
 def acmix_resnet50(**kwargs) -> ResNet:
-    """ACmix-ResNet-50 (official layout), 18.33 M params."""
-    return _acmix_resnet(50, **kwargs)
+    """ACmix-ResNet-50 (official layout): ``resnet50`` with acmix in every stage, 18.33 M params."""
+    return resnet50(**dict(stage_ops=("acmix",) * 4) | kwargs)
 
 
 @register_model
@@ -476,13 +645,11 @@ def resnet_nano(**kwargs) -> ResNet:
 
 @register_model
 def xvolution_resnet_nano(**kwargs) -> ResNet:
-    """``resnet_nano`` with stage 3's 3x3 convs replaced by X-volution (PSSA)."""
-    xvol = partial(xvolution_conv, **kwargs.pop("xvolution_args", {}))
-    return _resnet(**dict(block=BasicBlock, spatial_convs=_stage3(xvol), **_NANO) | kwargs)
+    """``resnet_nano`` with stage_ops conv, conv, xvolution, conv (PSSA)."""
+    return resnet_nano(**dict(stage_ops=_stage3("xvolution")) | kwargs)
 
 
 @register_model
 def acmix_resnet_nano(**kwargs) -> ResNet:
-    """Bottleneck ResNet for 32x32 inputs with ACmix (k_att 7, 4 heads) in every block."""
-    acmix = partial(acmix_conv, **kwargs.pop("acmix_args", {}))
-    return _resnet(**dict(block=Bottleneck, spatial_convs=[acmix] * 4, **_NANO) | kwargs)
+    """Bottleneck ResNet for 32x32 inputs with ACmix (k_att 7, 4 heads) in every stage."""
+    return _resnet(**dict(block=Bottleneck, stage_ops=("acmix",) * 4, **_NANO) | kwargs)

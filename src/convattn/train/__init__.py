@@ -21,6 +21,7 @@ from .export import export_pretrained
 from .metrics import MetricMeter, topk_correct
 from .optim import create_optimizer, create_scheduler, lr_factor, param_groups, split_decay_params
 from .plots import plot_accuracy_comparison, plot_latency, plot_run
+from .token_label import dense_token_targets, token_label_loss
 
 __all__ = [
     "BEST_WEIGHTS",
@@ -35,6 +36,7 @@ __all__ = [
     "config_from_args",
     "create_optimizer",
     "create_scheduler",
+    "dense_token_targets",
     "evaluate",
     "evaluate_checkpoint",
     "export_pretrained",
@@ -49,6 +51,7 @@ __all__ = [
     "restore_rng_state",
     "save_resume_state",
     "split_decay_params",
+    "token_label_loss",
     "topk_correct",
     "train",
 ]

@@ -62,6 +62,12 @@ class TrainConfig:
         "tensor whose name and shape match is loaded",
         metavar="PATH",
     )
+    stage_ops: str | None = _opt(
+        None,
+        "ResNet models: the spatial operator of each stage, comma-separated, e.g. "
+        "conv,conv,xvolution,conv (see 'convattn models --stage-ops')",
+        metavar="OPS",
+    )
     # Schedule and optimiser.
     epochs: int = _opt(10, "training epochs", type=int, metavar="N")
     batch_size: int = _opt(64, "images per process and step", type=int, metavar="N")
@@ -95,6 +101,11 @@ class TrainConfig:
         None, "stochastic-depth rate (default: the model's)", type=float, metavar="RATE"
     )
     label_smoothing: float = _opt(0.1, "label smoothing of the training targets", type=float)
+    dense_weight: float = _opt(
+        0.5,
+        "token-labeling models: weight of the per-token loss when the data gives dense targets",
+        type=float,
+    )
     mixup: float = _opt(0.0, "Mixup Beta alpha (0 disables it)", type=float, metavar="ALPHA")
     cutmix: float = _opt(0.0, "CutMix Beta alpha (0 disables it)", type=float, metavar="ALPHA")
     aug: str = _opt("light", "batch augmentation policy", choices=AUG_POLICIES)
@@ -220,7 +231,21 @@ class TrainConfig:
         _check_float(self, "min_lr", low=0.0)
         if self.min_lr > self.lr:
             raise ValueError(f"{owner}: 'min_lr' ({self.min_lr}) must not exceed 'lr' ({self.lr})")
-        for name in ("warmup_epochs", "weight_decay", "mixup", "cutmix", "color_jitter"):
+        if self.stage_ops is not None and (
+            not isinstance(self.stage_ops, str) or not self.stage_ops.strip()
+        ):
+            raise ValueError(
+                f"{owner}: 'stage_ops' must be a comma-separated string such as "
+                f"'conv,conv,xvolution,conv', got {self.stage_ops!r}"
+            )
+        for name in (
+            "warmup_epochs",
+            "weight_decay",
+            "mixup",
+            "cutmix",
+            "color_jitter",
+            "dense_weight",
+        ):
             _check_float(self, name, low=0.0)
         _check_float(self, "momentum", low=0.0, high=1.0, high_open=True)
         _check_float(self, "label_smoothing", low=0.0, high=1.0, high_open=True)

@@ -23,8 +23,9 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -55,6 +56,10 @@ from .distributed import (
 )
 from .metrics import MetricMeter, MetricsFile
 from .optim import create_optimizer, create_scheduler
+from .token_label import is_token_label_output, token_label_loss, warn_no_dense_target
+
+if TYPE_CHECKING:
+    from ..data import DataBundle
 
 __all__ = ["autocast", "evaluate", "import_model_families", "train"]
 
@@ -62,7 +67,7 @@ RESUME_FORMAT = "convattn-resume/1"
 # Options that may differ between an interrupted run and its continuation without a warning.
 _RUN_ONLY_OPTIONS = {"out", "resume", "overwrite", "quiet", "workers", "plots", "device"}
 # Options without which the saved state cannot be continued at all.
-_MUST_MATCH_ON_RESUME = ("model", "data", "opt")
+_MUST_MATCH_ON_RESUME = ("model", "stage_ops", "data", "opt")
 
 
 def import_model_families() -> None:
@@ -117,7 +122,8 @@ def evaluate(
     model.eval()
     meter = MetricMeter()
     try:
-        for images, labels in loader:
+        for batch in loader:  # (images, labels[, dense target]): the dense target is unused here
+            images, labels = batch[0], batch[1]
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             if transform is not None:
@@ -131,7 +137,9 @@ def evaluate(
     return meter.compute(ctx)
 
 
-def train(cfg: TrainConfig, *, model: nn.Module | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, *, model: nn.Module | None = None, data: DataBundle | None = None
+) -> dict[str, Any]:
     """Run (or resume) the training described by ``cfg``; returns the final metrics.
 
     Args:
@@ -139,6 +147,9 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None) -> dict[str, Any]
         model: train this module instead of ``create_model(cfg.model)`` (``cfg.model`` then only
             names it in checkpoints; ``cfg.img_size`` is required unless the module has a
             ``pretrained_cfg``).
+        data: train on these datasets instead of building ``cfg.data`` (which then only names
+            them). Their samples may carry a third element, a dense target for token-labeling
+            models (see :mod:`convattn.train.token_label`).
 
     Returns:
         ``top1``/``top5``/``loss`` of the last evaluation, ``ema_top1`` (with EMA), ``best_top1``,
@@ -149,7 +160,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None) -> dict[str, Any]
     ctx = init_distributed(cfg.device)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        return _Run(cfg, ctx, model).fit()
+        return _Run(cfg, ctx, model, data).fit()
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         cleanup_distributed(ctx)
@@ -170,6 +181,14 @@ def _shard(dataset: Dataset, ctx: DistContext) -> Dataset:
 
 def _soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def parse_stage_ops(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``"conv,conv,xvolution,conv"`` (the ``--stage-ops`` form) -> a tuple; None stays None."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(v).strip() for v in items)
 
 
 def _check_model_name(name: str) -> None:
@@ -207,6 +226,14 @@ def _move_aside(run_dir: Path) -> Path:
         if not _is_own_temporary(entry):
             entry.rename(aside / entry.name)
     return aside
+def _check_stage_ops(name: str, stage_ops: str | None) -> None:
+    from ..models import list_models
+
+    if stage_ops is not None and name not in list_models(module="resnet"):
+        raise ValueError(
+            f"--stage-ops applies to the ResNet models ({', '.join(list_models(module='resnet'))}), "
+            f"not to '{name}'"
+        )
 
 
 def _default_img_size(name: str, model: nn.Module | None) -> int:
@@ -221,7 +248,13 @@ def _default_img_size(name: str, model: nn.Module | None) -> int:
 class _Run:
     """State of one training run; :meth:`fit` drives it."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, model: nn.Module | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        ctx: DistContext,
+        model: nn.Module | None,
+        data: DataBundle | None = None,
+    ) -> None:
         from ..data import BatchAugment, MixupCutmix, build_datasets, create_loader
 
         self.ctx = ctx
@@ -234,12 +267,19 @@ class _Run:
 
         if model is None:
             _check_model_name(cfg.model)
+            _check_stage_ops(cfg.model, cfg.stage_ops)
+        elif cfg.stage_ops is not None:
+            raise ValueError(
+                "TrainConfig: 'stage_ops' builds the model by name; it cannot apply "
+                "to a model passed in"
+            )
         img_size = cfg.img_size or _default_img_size(cfg.model, model)
         out = Path(cfg.out) if cfg.out else Path("runs") / "train" / cfg.model
         self.cfg = cfg = cfg.replace(img_size=img_size, out=str(out))
         self.run_dir = out
 
-        data = build_datasets(cfg.data, img_size, seed=cfg.seed)
+        if data is None:
+            data = build_datasets(cfg.data, img_size, seed=cfg.seed)
         self.data = data
         _seed_everything(cfg.seed)  # identical initial weights on every rank
         if model is None:
@@ -251,6 +291,7 @@ class _Run:
                 in_chans=data.in_chans,
                 drop_path_rate=cfg.drop_path,
                 init_from=cfg.init_from,
+                stage_ops=parse_stage_ops(cfg.stage_ops),
             )
             if cfg.init_from is not None and ctx.is_main:
                 self._log(model.init_report.summary())
@@ -329,6 +370,7 @@ class _Run:
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
         self._loader_started = False
+        self._warned_no_dense = False
         self._prepare_run_dir()
 
         if ctx.distributed:
@@ -530,6 +572,44 @@ class _Run:
             return _soft_target_cross_entropy(logits, soft_targets)
         return F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
 
+    def _token_label_loss(
+        self,
+        output: tuple,
+        labels: torch.Tensor,
+        soft_targets: torch.Tensor | None,
+        dense: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Class and token terms of a token-labeling model (see :mod:`.token_label`)."""
+        if dense is None and not self._warned_no_dense:
+            self._warned_no_dense = True
+            if self.ctx.is_main:
+                warn_no_dense_target(self.cfg.model)
+        targets = soft_targets if soft_targets is not None else labels
+        loss = token_label_loss(
+            output,
+            targets,
+            dense,
+            dense_weight=self.cfg.dense_weight,
+            label_smoothing=self.cfg.label_smoothing,
+        )
+        if dense is None and self.ddp is not None:
+            # DDP needs every parameter in the graph: the unused token head gets zero gradients.
+            loss = loss + 0.0 * output[1].float().sum()
+        return loss
+
+    def _check_dense_target_setup(self) -> None:
+        """Dense targets are per pixel of the stored image: no geometric augmentation or mixing."""
+        if self.train_aug.is_random:
+            raise ValueError(
+                "the training data gives dense (token-labeling) targets, which must stay aligned "
+                f"with the images; use --aug none (got --aug {self.cfg.aug})"
+            )
+        if self.mixup.enabled:
+            raise ValueError(
+                "the training data gives dense (token-labeling) targets; Mixup/CutMix would not "
+                "mix them (token-labeling models mix tokens themselves): set --mixup 0 --cutmix 0"
+            )
+
     def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, device = self.cfg, self.device
         net = self.ddp if self.ddp is not None else self.model
@@ -539,9 +619,12 @@ class _Run:
         progress = self._progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}")
         t0, seen = time.perf_counter(), 0
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (images, labels) in enumerate(self.train_loader):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+        for i, batch in enumerate(self.train_loader):
+            images = batch[0].to(device, non_blocking=True)
+            labels = batch[1].to(device, non_blocking=True)
+            dense = batch[2] if len(batch) > 2 else None
+            if dense is not None:
+                self._check_dense_target_setup()
             with torch.no_grad():
                 images = self.train_aug(images)
             soft_targets = None
@@ -559,7 +642,11 @@ class _Run:
             with sync:
                 with autocast(device, cfg.amp):
                     logits = net(images)
-                loss = self._loss(logits.float(), labels, soft_targets)
+                if is_token_label_output(logits):
+                    loss = self._token_label_loss(logits, labels, soft_targets, dense)
+                    logits = logits[0]
+                else:
+                    loss = self._loss(logits.float(), labels, soft_targets)
                 self.scaler.scale(loss / group_size).backward()
             loss_value = loss.item()
             if not math.isfinite(loss_value) and cfg.amp != "fp16":
@@ -645,7 +732,9 @@ class _Run:
 
     def _weights_meta(self, epoch: int, top1: float | None) -> dict[str, Any]:
         d = self.data
+        extra = {} if self.cfg.stage_ops is None else {"stage_ops": self.cfg.stage_ops}
         return dict(
+            **extra,
             epoch=epoch,
             top1=top1,
             weights="model",

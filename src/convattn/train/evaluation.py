@@ -138,7 +138,12 @@ def evaluate_checkpoint(
             f"{bundle.num_classes}"
         )
 
-    model = create_model(name, num_classes=bundle.num_classes, in_chans=bundle.in_chans)
+    model = create_model(
+        name,
+        num_classes=bundle.num_classes,
+        in_chans=bundle.in_chans,
+        stage_ops=meta.get("stage_ops"),  # a ResNet trained with --stage-ops
+    )
     try:
         load_checkpoint(model, path)
     except ValueError as err:

@@ -414,10 +414,11 @@ def test_float16_forward():
     torch.testing.assert_close(out.float(), m.float()(x.float()), rtol=0.02, atol=0.02)
 
 
-@pytest.mark.parametrize("stride,size", [(1, 10), (2, 12), (1, 7)])
-def test_macs_count_the_executed_tile_products(stride, size):
-    # FlopCounterMode sees the two batched products of the tiles, masked slots included: the count
-    # is the work done, at least the official k*k per query and at most the tile region per query.
+@pytest.mark.parametrize("stride,size", [(1, 10), (2, 12), (1, 7), (1, 20), (2, 33)])
+def test_macs_count_the_executed_products(stride, size):
+    # FlopCounterMode sees the two batched products, masked slots included: the count is the work
+    # done (every pixel of a small map per query; the tile's halo region per query otherwise), at
+    # least the official k*k per query.
     c, heads, k, batch = 16, 4, 7, 2
     m, sd = _loaded(c, c, heads, k, stride, dtype=torch.float32)
 
@@ -428,12 +429,16 @@ def test_macs_count_the_executed_tile_products(stride, size):
     macs = count_macs(m, (batch, c, size, size))
     counted_by_reference = count_macs(Reference(), (batch, c, size, size))  # convolutions only
     out = -(-size // stride)
-    tile_h, tile_w = _window_tiles.tile_size(out, out, stride)
-    tiles = -(-out // tile_h) * -(-out // tile_w)
-    region = (stride * (tile_h - 1) + k) * (stride * (tile_w - 1) + k)
-    tile_products = 2 * batch * heads * tiles * tile_h * tile_w * region * (c // heads)
-    assert macs == counted_by_reference + tile_products
-    assert tile_products >= 2 * batch * k * k * c * out * out
+    if size * size <= _window_tiles._WHOLE_MAP_MAX_PIXELS:
+        keys_per_query = size * size
+    else:
+        tile_h, tile_w = _window_tiles.tile_size(out, out, stride)
+        tiles = -(-out // tile_h) * -(-out // tile_w)
+        region = (stride * (tile_h - 1) + k) * (stride * (tile_w - 1) + k)
+        keys_per_query = tiles * tile_h * tile_w * region / (out * out)
+    products = 2 * batch * c * out * out * keys_per_query
+    assert macs == counted_by_reference + products
+    assert products >= 2 * batch * k * k * c * out * out or size * size < k * k
 
 
 # ------------------------------------------------------------------------------------------------

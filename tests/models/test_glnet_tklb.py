@@ -122,7 +122,11 @@ def test_glnet_9g_tklb_official_checkpoint_loads(tmp_path):
 def test_new_class_count_reinitialises_both_heads(tmp_path):
     shapes = json.loads((OFFICIAL_KEYS / "glnet_4g_tklb.json").read_text())
     path = save_official(tmp_path, synthetic_state_dict(shapes))
-    model = convattn.create_model("glnet_4g_tklb", checkpoint_path=path, num_classes=7)
+    with pytest.raises(ValueError, match="reset_classifier"):
+        convattn.create_model("glnet_4g_tklb", checkpoint_path=path, num_classes=7)
+    model = convattn.create_model(
+        "glnet_4g_tklb", checkpoint_path=path, num_classes=7, reset_classifier=True
+    )
     assert model.head.out_features == model.tklb_aux_head.out_features == 7
 
 

@@ -138,7 +138,8 @@ def tile_sweep(batch: int, rounds: int, stages=STAGES, train: bool = False) -> l
         module, _, x = _acmix_pair(channels, size, batch, stride)
         qkv = module.qkv(x).detach().requires_grad_(train)
         out_side = -(-size // stride)
-        chosen = tiles.tile_size(out_side, out_side, stride)
+        whole_map = size * size <= tiles._WHOLE_MAP_MAX_PIXELS
+        chosen = None if whole_map else tiles.tile_size(out_side, out_side, stride)
         choices = [chosen] + [t for t in TILE_CHOICES if t != chosen and t[0] <= out_side]
 
         def run(tile, qkv=qkv, stride=stride, scale=module.scale):
@@ -151,8 +152,9 @@ def tile_sweep(batch: int, rounds: int, stages=STAGES, train: bool = False) -> l
 
             return _step(lambda _: attend(), qkv, train)
 
-        timed = interleaved({f"{t[0]}x{t[1]}": run(t) for t in choices}, rounds)
-        base = f"{chosen[0]}x{chosen[1]}"
+        label = {t: "whole map" if t is None else f"{t[0]}x{t[1]}" for t in choices}
+        timed = interleaved({label[t]: run(t) for t in choices}, rounds)
+        base = label[chosen]
         rows.append(
             {
                 "shape": f"{channels}ch@{size} s{stride}",
@@ -273,7 +275,9 @@ def main(argv=None) -> int:
     )
     report["resnet50_train"] = model_pair("resnet50", "acmix_resnet50", batch, size, rounds, True)
     report["swin_forward"] = model_pair("swin_tiny", "acmix_swin_tiny", batch, size, rounds, False)
-    report["digits"] = digits_training(16 if quick else 64, 32, 2 if quick else 6, rounds)
+    report["digits"] = digits_training(
+        16 if quick else 64, 32, 2 if quick else 4, max(2, rounds // 2)
+    )
     report["load_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
     mod = report["module"]

@@ -261,9 +261,7 @@ def _window_attention_by_unfold(q, k, v, kernel, stride, scale):
     return (attn.unsqueeze(1) * windows(v)).sum(2), attn
 
 
-@pytest.mark.parametrize(
-    "tile", [(1, 1), (2, 3), (4, 4), (3, 5), (8, 8), (16, 2)]
-)
+@pytest.mark.parametrize("tile", [(1, 1), (2, 3), (4, 4), (3, 5), (8, 8), (16, 2)])
 @pytest.mark.parametrize(
     "h,w,stride,kernel", [(9, 11, 1, 7), (10, 7, 2, 7), (13, 12, 3, 5), (3, 2, 1, 7), (1, 5, 2, 3)]
 )

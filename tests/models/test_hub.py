@@ -59,7 +59,11 @@ def test_round_trip_and_config(name, tmp_path):
 def test_local_dir_overrides(tmp_path):
     model = convattn.create_model("resnet_nano", num_classes=4).eval()
     folder = convattn.save_pretrained(model, tmp_path / "m")
-    new_head = convattn.create_model(f"local-dir:{folder}", num_classes=2, in_chans=1)
+    with pytest.raises(ValueError, match="reset_classifier"):
+        convattn.create_model(f"local-dir:{folder}", num_classes=2)
+    new_head = convattn.create_model(
+        f"local-dir:{folder}", num_classes=2, in_chans=1, reset_classifier=True
+    )
     assert new_head.fc.out_features == 2 and new_head.pretrained_cfg["num_classes"] == 2
     torch.testing.assert_close(new_head.layer2[0].conv1.weight, model.layer2[0].conv1.weight)
     feats = convattn.create_model(f"local-dir:{folder}", features_only=True, out_indices=(2,))

@@ -55,6 +55,12 @@ def is_tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+def _sizes(x: Tensor) -> tuple:
+    """``x.shape``; as Python ints under TorchScript tracing, which would otherwise record the size
+    arithmetic as ONNX ops (whose integer division truncates instead of flooring)."""
+    return tuple(int(v) for v in x.shape) if torch.jit.is_tracing() else tuple(x.shape)
+
+
 def _cached_in_eager(function):
     """``lru_cache`` for eager calls; traced calls build their tensor fresh (never cache a fake)."""
     cached = functools.lru_cache(maxsize=128)(function)
@@ -140,9 +146,9 @@ def _window_columns(tile_h: int, tile_w: int, kernel_size: int, stride: int, dev
     return ((s * i + dy) * region_w + s * j + dx).reshape(tile_h * tile_w, k * k)
 
 
-# Tile sides per output-map size, measured (benchmarks/tune_window_tiles.py) on a 2-core EPYC with
-# ACmix-ResNet-50's stage shapes: one tile per map up to 8 x 8, else small square tiles, smaller
-# for stride 2 where the halo region grows twice as fast.
+# Tile sides per output-map size, measured (benchmarks/bench_acmix.py, "tile sizes") on a 2-core
+# AMD EPYC at ACmix-ResNet-50's stage shapes: small square tiles, smaller for stride 2 where the
+# halo region grows twice as fast. (Maps up to _WHOLE_MAP_MAX_PIXELS never reach the tiles.)
 def tile_size(out_h: int, out_w: int, stride: int) -> tuple[int, int]:
     """The (tile_h, tile_w) used for an out_h x out_w output grid at this stride."""
     if stride == 1 and max(out_h, out_w) <= 8:
@@ -214,9 +220,9 @@ def _whole_map_attention(
     softmax over all pixels p with the constant bias ``log count(p)`` (-inf where a pixel is outside
     the window). On small maps this needs no padding, no halo copies and fewer products than tiles.
     """
-    d, h, w = key.shape[1:]
+    d, h, w = _sizes(key)[1:]
     queries = q[..., ::stride, ::stride]
-    out_h, out_w = queries.shape[-2:]
+    out_h, out_w = -(-h // stride), -(-w // stride)
     bias = _multiplicity_bias(h, w, kernel_size, stride, q.dtype, q.device)
     logits = torch.baddbmm(bias, queries.flatten(2).transpose(1, 2), key.flatten(2), alpha=scale)
     attn = logits.softmax(dim=-1)  # (n, H'*W', H*W)
@@ -261,9 +267,7 @@ def tiled_window_attention(
         (n, d, ceil(H/s), ceil(W/s)); with ``return_weights`` also (n, k*k, H', W'), slot
         ``dy * k + dx`` (the ``nn.Unfold`` order).
     """
-    d, h, w = key.shape[1:]
-    if torch.jit.is_tracing():  # TorchScript records size arithmetic as ONNX ops; tiles are static
-        d, h, w = int(d), int(h), int(w)
+    d, h, w = _sizes(key)[1:]
     k, s = kernel_size, stride
     out_h, out_w = -(-h // s), -(-w // s)
     if tile is None and h * w <= _WHOLE_MAP_MAX_PIXELS:
@@ -297,7 +301,9 @@ def tiled_window_attention(
         if columns is not None:
             weights = attn.gather(2, columns.expand(attn.shape[0], -1, -1))
             weights = weights.view(-1, tiles_h, tiles_w, tile_h, tile_w, k * k)
-            weights = weights.permute(0, 5, 1, 3, 2, 4).reshape(-1, k * k, tiles_h * tile_h, tiles_w * tile_w)
+            weights = weights.permute(0, 5, 1, 3, 2, 4).reshape(
+                -1, k * k, tiles_h * tile_h, tiles_w * tile_w
+            )
             weights = weights[..., :out_h, :out_w]
         return out, weights
 
@@ -308,7 +314,7 @@ def _whole_map(q, key, value, kernel_size, stride, scale, return_weights):
     out, attn = _whole_map_attention(q, key, value, kernel_size, stride, scale)
     if not return_weights:
         return out, None
-    shape = (*key.shape[-2:], *out.shape[-2:])
+    shape = (*_sizes(key)[-2:], *_sizes(out)[-2:])
     return out, _whole_map_slot_weights(attn, shape, kernel_size, stride)
 
 

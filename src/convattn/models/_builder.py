@@ -90,6 +90,7 @@ def create_model(
             checkpoint_path=checkpoint_path,
             features_only=features_only,
             out_indices=out_indices,
+            reset_classifier=reset_classifier or None,
             **given,
             **kwargs,
         )

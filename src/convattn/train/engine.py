@@ -226,6 +226,8 @@ def _move_aside(run_dir: Path) -> Path:
         if not _is_own_temporary(entry):
             entry.rename(aside / entry.name)
     return aside
+
+
 def _check_stage_ops(name: str, stage_ops: str | None) -> None:
     from ..models import list_models
 

@@ -151,9 +151,7 @@ def _window_columns(tile_h: int, tile_w: int, kernel_size: int, stride: int, dev
 # halo region grows twice as fast. (Maps up to _WHOLE_MAP_MAX_PIXELS never reach the tiles.)
 def tile_size(out_h: int, out_w: int, stride: int) -> tuple[int, int]:
     """The (tile_h, tile_w) used for an out_h x out_w output grid at this stride."""
-    if stride == 1 and max(out_h, out_w) <= 8:
-        return out_h, out_w
-    side = 4 if stride == 1 else 2
+    side = 7 if stride == 1 else 4
     return min(side, out_h), min(side, out_w)
 
 

@@ -212,12 +212,38 @@ def digits_training(batch: int, img_size: int, steps: int, rounds: int) -> dict:
     return timed
 
 
+def profile_ops(name: str, batch: int, size: int, train: bool, top: int = 10) -> dict:
+    """Where the time of one step goes: the operators with the most self CPU time."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    model = convattn.create_model(name, num_classes=10 if size <= 64 else 1000)
+    x = torch.randn(batch, 3, size, size)
+    target = torch.zeros(batch, dtype=torch.long)
+    if train:
+        model.train()
+        step = lambda: F.cross_entropy(model(x), target).backward()  # noqa: E731
+    else:
+        step = _step(model.eval(), x, train=False)
+    step()
+    with profile() as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {
+        "total_ms": total / 1e3,
+        "top": [
+            {"op": e.key, "ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events[:top]
+        ],
+    }
+
+
 def render(report: dict) -> str:
     env, lines = report["environment"], []
     lines += [
         "# ACmix tiled window attention: targets",
         "",
-        f"CPU: {env.get('cpu')}; {report['threads']} threads; torch {env.get('torch')}; "
+        f"CPU: {env.get('cpu_model')}; {report['threads']} threads; torch {env.get('torch')}; "
         f"load average at start {report['load_start']}, end {report['load_end']}.",
         "Ratios are medians of interleaved per-round ratios [quartiles].",
         "",
@@ -227,6 +253,14 @@ def render(report: dict) -> str:
     for t in report["targets"]:
         verdict = "PASS" if t["pass"] else "FAIL"
         lines.append(f"| {t['name']} | {t['value']} | {t['goal']} | {verdict} |")
+    lines += [
+        "",
+        "## Where the time goes (self CPU time per operator, one step, torch.profiler)",
+        "",
+    ]
+    for label, prof in report["profiles"].items():
+        ops = "; ".join(f"{t['op']} {t['ms']:.0f} ms ({t['calls']}x)" for t in prof["top"])
+        lines += [f"- **{label}** (total {prof['total_ms']:.0f} ms): {ops}"]
     lines += ["", "## Tile sizes (forward, time relative to the chosen tile; > 1 = slower)", ""]
     for sweep, rows in report["tiles"].items():
         lines += [
@@ -278,6 +312,19 @@ def main(argv=None) -> int:
     report["digits"] = digits_training(
         16 if quick else 64, 32, 2 if quick else 4, max(2, rounds // 2)
     )
+    report["profiles"] = {
+        f"{name} {'training step' if train else 'forward'}, batch {b}, {px} px": profile_ops(
+            name, b, px, train
+        )
+        for name, b, px, train in [
+            ("resnet50", batch, size, False),
+            ("acmix_resnet50", batch, size, False),
+            ("swin_tiny", batch, size, False),
+            ("acmix_swin_tiny", batch, size, False),
+            ("resnet_nano", 16 if quick else 64, 32, True),
+            ("acmix_resnet_nano", 16 if quick else 64, 32, True),
+        ]
+    }
     report["load_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
     mod = report["module"]

@@ -115,29 +115,6 @@ class ExportResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _pooling_matrix(size, bins: int, like: torch.Tensor) -> torch.Tensor:
-    """(bins, size) averaging weights of adaptive pooling: bin i covers [floor(i*size/bins),
-    ceil((i+1)*size/bins)), PyTorch's bin rule, computed from a possibly symbolic ``size``."""
-    i = torch.arange(bins, device=like.device).view(-1, 1)
-    pos = torch.arange(size, device=like.device).view(1, -1)
-    start = torch.div(i * size, bins, rounding_mode="floor")
-    end = torch.div((i + 1) * size + bins - 1, bins, rounding_mode="floor")
-    inside = (pos >= start) & (pos < end)
-    return inside.to(like.dtype) / (end - start).to(like.dtype)
-
-
-def _adaptive_avg_pool2d_aten(x, output_size):
-    """``adaptive_avg_pool2d`` as two matrix products, valid for every input size.
-
-    The ONNX exporter translates adaptive pooling for the traced size only (a dynamic-size GLNet
-    file pooled a 19x18 map into 5x4 slots instead of 4x4); the pooling matrices here are built in
-    the graph from the runtime size.
-    """
-    rows = _pooling_matrix(x.shape[-2], output_size[0], x)
-    cols = _pooling_matrix(x.shape[-1], output_size[1], x)
-    return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
-
-
 def _onnx_floordiv(a, b):
     """Floor division of (symbolic) sizes for ONNX, right for negative numerators too.
 
@@ -384,12 +361,6 @@ def _trace(
                 f"{_dim_names(dynamic_batch, dynamic_size)}: {first}"
             ) from err
         raise ExportError(f"export_model: torch.export could not trace {name}: {first}") from err
-    lowerings = {}
-    if format == "onnx" and dynamic_size:
-        lowerings[torch.ops.aten.adaptive_avg_pool2d.default] = _adaptive_avg_pool2d_aten
-    if any(node.target in lowerings for node in program.graph.nodes):
-        with _quiet_exporter():
-            program = program.run_decompositions(lowerings)
     return program
 
 

@@ -307,7 +307,8 @@ class ACmix(nn.Module):
         qkv = self.qkv(x).contiguous()  # channels-last inputs give channels-last projections
         out_att = self.attention(qkv)
         out_conv = self.conv_path(qkv.view(b, 3 * self.heads, self.head_dim, h, w))
-        return self.rate1 * out_att + self.rate2 * out_conv
+        # rate1 * out_att + rate2 * out_conv in one pass over the (channels-last) conv output.
+        return torch.addcmul(self.rate2 * out_conv, self.rate1, out_att)
 
     def extra_repr(self) -> str:
         return (

@@ -33,6 +33,7 @@ from ._checks import check_choice, check_feature_map, check_positive_int
 from .attention import MultiheadSelfAttention
 from .drop import DropPath
 from .norm import LayerNorm2d
+from .pooling import adaptive_avg_pool2d
 
 __all__ = ["GLMix", "GLMixBlock"]
 
@@ -192,7 +193,7 @@ class GLMix(nn.Module):
         """Step 1: (B, S, C) pooled slots or the (1, S, C) learned table."""
         if self.slot_init == "param":
             return self.init_slots
-        pooled = F.adaptive_avg_pool2d(slot_source, self.slot_grid)  # (B, C, g, g)
+        pooled = adaptive_avg_pool2d(slot_source, (self.slot_grid, self.slot_grid))  # (B, C, g, g)
         return pooled.flatten(2).transpose(1, 2)  # row-major grid cells -> (B, S, C)
 
     def _mix(self, z: torch.Tensor, slot_source: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ Dynamic shapes. A dynamic batch and/or a dynamic input size are traced with ``Di
 that turns a dimension into a constant (a Python loop or branch over it) is refused with a
 ValueError, and so is a family whose graph depends on the input size in ways that torch.export can
 only guard, not express in the file (:func:`dynamic_size_blockers`): Swin pads maps to window
-multiples and clamps windows by the map size, ACmix's window-bank layout is computed from the size.
+multiples and clamps windows by the map size, ACmix's window tiles are laid out from the size.
 Every dynamic export is checked at a second batch size and/or a second (odd) input size.
 
 Every operator of the library is plain ATen, so the model is exported as it is: this module only

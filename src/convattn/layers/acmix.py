@@ -72,7 +72,7 @@ class ACmixConvPath(nn.Module):
     [q heads | k heads | v heads]. ``fc`` (1x1, 3*heads -> k^2) mixes them with one matrix shared by
     every channel-in-head d and pixel; the k^2 maps of every d are stacked d-major (channel
     d*k^2 + i) and ``dep_conv`` (k x k, groups = head_dim, no bias) turns group d into ``heads``
-    output channels (output channel d*heads + j). ``dep_conv`` starts as the pure shift (spec 1.3):
+    output channels (output channel d*heads + j). ``dep_conv`` starts as the pure shift:
     every output of group d is sum_i shift_i(map_{d,i}), shift_i moving by
     (i // k - k//2, i % k - k//2); it is trainable.
 
@@ -348,7 +348,7 @@ class ACmix(nn.Module):
 class ACmixWindowAttention(WindowAttention):
     """Swin window attention with the ACmix convolution path (official ``WindowAttention_acmix``).
 
-    ``x = rate1 * proj(window attention) + rate2 * conv_path(qkv)``, then ``proj_drop`` (spec 3).
+    ``x = rate1 * proj(window attention) + rate2 * conv_path(qkv)``, then ``proj_drop`` (the official Swin variant).
     The conv path sees the whole map, so unlike :class:`WindowAttention` this module takes the map
     and splits it into windows itself.
 

@@ -1,9 +1,10 @@
 """Attention weights recomputed from each operator's own parameters.
 
 Every function here takes a module and the input it received (captured with a forward pre-hook)
-and returns the softmax weights that module uses, computed from its parameters with plain tensor
-operations: nothing is monkeypatched, and the modules' fast paths (SDPA, the ACmix window bank)
-stay untouched (ACmix exposes its weights through its own hook). Each function reproduces the module's logits exactly (tests rebuild the module's
+and returns the softmax weights that module uses: ACmix hands them out through its own hook
+(``ACmix.attention(..., return_weights=True)``); the others are computed from the module's
+parameters with plain tensor operations. Nothing is monkeypatched, and the modules' fast paths
+stay untouched. Each function reproduces the module's logits exactly (tests rebuild the module's
 output from these weights), so a figure shows what the network really computed.
 
 * :func:`slot_assignments`: GLMix slot logits -> dispatch (softmax over slots) or clustering

@@ -103,7 +103,11 @@ def test_compile_fullgraph_forward_and_training_step(name, form):
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     before = [p.detach().clone() for p in model.parameters()]
-    loss = nn.functional.cross_entropy(compiled(x), torch.tensor([1, 2]))
+    out = compiled(x)
+    logits = (
+        out[0] if isinstance(out, tuple) else out
+    )  # token-labeling models: (class, tokens, box)
+    loss = nn.functional.cross_entropy(logits, torch.tensor([1, 2]))
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)

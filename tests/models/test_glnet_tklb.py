@@ -207,3 +207,21 @@ def test_reset_classifier_resets_both_heads():
     model.reset_classifier(3)
     assert model.head.out_features == model.tklb_aux_head.out_features == 3
     assert math.isclose(model.tklb_aux_head.weight.std().item(), 0.02, rel_tol=0.3)
+
+
+def test_traced_mix_token_matches_the_eager_slices():
+    # Compiled graphs take the mask form (no .item()); it draws the same box and mixes alike.
+    model = nano_tklb().train()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        expected = model.sample_box((7, 5))
+        torch.manual_seed(seed)
+        assert tuple(model._sample_box_tensor((7, 5), torch.device("cpu")).tolist()) == expected
+    x = torch.randn(4, 3, 32, 32)
+    model.sample_box = lambda grid: (0, 1, 2, 2)
+    eager = model(x)
+    stem = model.forward_stem(x)
+    model._sample_box_tensor = lambda grid, device: torch.tensor([0, 1, 2, 2])
+    traced = model._forward_mixed_traced(stem, model._final_grid(stem.shape[-2:]))
+    torch.testing.assert_close(traced[0], eager[0])
+    torch.testing.assert_close(traced[1], eager[1])

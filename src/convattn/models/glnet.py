@@ -571,6 +571,47 @@ class GLNetTokenLabel(GLNet):
         c0, c1 = min(max(cc - cut_c // 2, 0), cols), min(max(cc + cut_c // 2, 0), cols)
         return r0, c0, r1, c1
 
+    def _sample_box_tensor(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """:meth:`sample_box` in tensor operations (the same draws), for compiled graphs."""
+        rows, cols = grid
+        if not self.mix_token:
+            return torch.zeros(4, dtype=torch.long, device=device)
+        concentration = torch.full((2,), self.mix_beta)
+        lam = torch._sample_dirichlet(concentration)[0]  # = Beta(beta, beta).sample()
+        ratio = torch.sqrt(1.0 - lam)
+        cut_r = torch.floor(rows * ratio).long() // 2
+        cut_c = torch.floor(cols * ratio).long() // 2
+        cr, cc = torch.randint(0, rows, ()), torch.randint(0, cols, ())
+        box = [(cr - cut_r).clamp(0, rows), (cc - cut_c).clamp(0, cols)]
+        box += [(cr + cut_r).clamp(0, rows), (cc + cut_c).clamp(0, cols)]
+        return torch.stack(box).to(device)
+
+    @staticmethod
+    def _box_mask(box: torch.Tensor, height: int, width: int, scale: int) -> torch.Tensor:
+        """(H, W) bool: pixel (y, x) lies in the token box scaled by ``scale``."""
+        rows = torch.arange(height, device=box.device) // scale
+        cols = torch.arange(width, device=box.device) // scale
+        inside_r = (rows >= box[0]) & (rows < box[2])
+        inside_c = (cols >= box[1]) & (cols < box[3])
+        return inside_r.view(-1, 1) & inside_c.view(1, -1)
+
+    def _forward_mixed_traced(self, x: torch.Tensor, final: tuple[int, int]) -> tuple:
+        """MixToken with masks instead of Python slices: no data-dependent shapes in the graph."""
+        box = self._sample_box_tensor(final, x.device)
+        mask = self._box_mask(box, x.shape[-2], x.shape[-1], self.token_pooling_scale)
+        x = torch.where(mask, x.flip(0), x)
+        for i in range(self.num_stages):
+            if i > 0:
+                x = self.downsample_layers[i](x)
+            x = self.stages[i](x)
+        x = self.norm(x)
+        rows, cols = x.shape[-2:]
+        tokens = x.flatten(2).transpose(1, 2)
+        cls_logits = self.head(tokens.mean(dim=1))
+        aux = self.tklb_aux_head(tokens)
+        inside = self._box_mask(box, rows, cols, 1).reshape(1, rows * cols, 1)
+        return cls_logits, torch.where(inside, aux.flip(0), aux), box
+
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Final normalised map as tokens (B, N, C), N = rows * cols of the final grid."""
         return self.forward_features(x).flatten(2).transpose(1, 2)
@@ -590,6 +631,8 @@ class GLNetTokenLabel(GLNet):
         # The final grid of this input: each later downsampling maps H to ceil(H / 2) (overlapped)
         # or floor(H / 2) (patch convs); the box is drawn there and scaled to the stem map.
         final = self._final_grid(x.shape[-2:])
+        if torch.compiler.is_compiling():  # the box as tensors (compiled graphs have no .item())
+            return self._forward_mixed_traced(x, final)
         box = self.sample_box(final) if self.mix_token else (0, 0, 0, 0)
         r0, c0, r1, c1 = box
         s = self.token_pooling_scale

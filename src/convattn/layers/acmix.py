@@ -307,8 +307,7 @@ class ACmix(nn.Module):
         qkv = self.qkv(x).contiguous()  # channels-last inputs give channels-last projections
         out_att = self.attention(qkv)
         out_conv = self.conv_path(qkv.view(b, 3 * self.heads, self.head_dim, h, w))
-        # rate1 * out_att + rate2 * out_conv in one pass over the (channels-last) conv output.
-        return torch.addcmul(self.rate2 * out_conv, self.rate1, out_att)
+        return self.rate1 * out_att + self.rate2 * out_conv
 
     def extra_repr(self) -> str:
         return (

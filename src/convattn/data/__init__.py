@@ -1,6 +1,6 @@
 """Data: offline datasets, loaders, batch augmentation and Mixup/CutMix for the training engine.
 
-Sources (shared/specs/ecosystem.md §4): image folders, CIFAR-10/100 python batches (restricted
+Sources: image folders, CIFAR-10/100 python batches (restricted
 unpickler), scikit-learn's digits and synthetic tasks; :func:`build_datasets` turns a spec string
 into train/val datasets yielding un-normalised float32 images in [0, 1]. :func:`create_loader`
 batches them reproducibly; :class:`BatchAugment` (kornia) and :class:`MixupCutmix` run on batches.

@@ -1,6 +1,6 @@
 """Batch augmentation with kornia, run by the engine on the device after the batch is transferred.
 
-Train mode applies, in order (timm's train transform order, shared/specs/ecosystem.md §2.6):
+Train mode applies, in order (timm's train transform order):
 
 1. ``RandomResizedCrop`` to ``img_size`` (area ``scale``, aspect ratio 3/4..4/3);
 2. ``RandomHorizontalFlip`` (``hflip``);

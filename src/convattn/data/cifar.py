@@ -1,6 +1,6 @@
 """CIFAR-10 / CIFAR-100 "python version" batch files, read through a restricted unpickler.
 
-Format (shared/specs/ecosystem.md §4): each file is a pickled dict. ``data`` is an ``N x 3072`` uint8
+Format: each file is a pickled dict. ``data`` is an ``N x 3072`` uint8
 array (1024 red, then green, then blue values of a row-major 32x32 image), labels are ``labels``
 (CIFAR-10) or ``fine_labels`` (CIFAR-100). CIFAR-10 has ``data_batch_1`` .. ``data_batch_5``,
 ``test_batch`` and ``batches.meta`` (``label_names``); CIFAR-100 has ``train``, ``test`` and ``meta``

@@ -1,6 +1,6 @@
 """scikit-learn's bundled handwritten digits: 1,797 real 8x8 greyscale images, 10 classes, offline.
 
-The only real labelled image set available without downloads (shared/specs/ecosystem.md §4). Pixel
+The only real labelled image set available without downloads. Pixel
 values 0-16 are scaled to [0, 1] and upsampled to ``img_size`` with bilinear interpolation.
 
 Split: stratified, 20 % of every class goes to val (1,437 train / 360 val images). Which images go

@@ -1,6 +1,6 @@
 """ImageFolder datasets: ``split_dir/<class_name>/**/<image>`` read with Pillow.
 
-Layout and conventions follow timm's folder reader (shared/specs/ecosystem.md §4): class names are the
+Layout and conventions follow timm's folder reader: class names are the
 sorted sub-folder names of the split folder, label ``i`` is the ``i``-th name, files are found
 recursively inside each class folder, matched on their extension case-insensitively
 (:data:`IMG_EXTENSIONS` by default), and listed in sorted path order so every run sees the same

@@ -1,6 +1,6 @@
 """Image decoding with Pillow: a file on disk -> float32 CHW tensor in [0, 1] at img_size x img_size.
 
-Decoding runs per sample inside DataLoader workers (shared/specs/ecosystem.md §2.6); everything
+Decoding runs per sample inside DataLoader workers; everything
 random (crops, flips, colour) happens later on whole batches in :class:`BatchAugment`, so this step
 is deterministic.
 

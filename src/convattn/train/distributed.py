@@ -9,6 +9,7 @@ variables (or with ``WORLD_SIZE=1``) everything here degrades to single-process 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,10 +95,31 @@ def init_distributed(device: str = "auto") -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns_group=True)
 
 
-def cleanup_distributed(ctx: DistContext) -> None:
-    """Destroy the process group if :func:`init_distributed` created it."""
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+# How long the main thread sleeps, holding no GIL, before the interpreter may exit: a Gloo worker
+# thread finishing a collective needs the GIL for a moment (see cleanup_distributed).
+_GLOO_QUIESCE_S = 0.25
+
+
+def cleanup_distributed(ctx: DistContext, *, completed: bool = True) -> None:
+    """Destroy the process group if :func:`init_distributed` created it.
+
+    After a ``completed`` run every rank first waits at a barrier, so no collective is in flight
+    (after a failure it does not: the other ranks may never arrive). On the CPU, Gloo's worker
+    threads release each finished collective after the caller has been told it is done; when the
+    collective held tensors that Python has seen, that release takes the GIL. A process that goes
+    straight on to interpreter shutdown makes the worker wait for a GIL that is never handed back,
+    and the process aborts ("terminate called without an active exception",
+    https://github.com/pytorch/pytorch/pull/179291). DistributedDataParallel keeps the group's
+    threads alive past ``destroy_process_group``, so they cannot be joined; instead the main thread
+    sleeps briefly without the GIL to let them finish.
+    """
+    if not (ctx.owns_group and dist.is_initialized()):
+        return
+    if completed:
+        barrier(ctx)
+    dist.destroy_process_group()
+    if completed and ctx.device.type == "cpu":
+        time.sleep(_GLOO_QUIESCE_S)
 
 
 def all_reduce_sum(values: Sequence[float] | torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -159,11 +159,14 @@ def train(
     cfg = cfg.validate()
     ctx = init_distributed(cfg.device)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    completed = False
     try:
-        return _Run(cfg, ctx, model, data).fit()
+        result = _Run(cfg, ctx, model, data).fit()
+        completed = True
+        return result
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
-        cleanup_distributed(ctx)
+        cleanup_distributed(ctx, completed=completed)
 
 
 def _seed_everything(seed: int) -> None:

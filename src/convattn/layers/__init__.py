@@ -7,7 +7,14 @@ and :class:`Involution2d`; and the blocks the backbones are built from.
 
 from .acmix import ACmix, ACmixConvPath, ACmixWindowAttention
 from .attention import GlobalSelfAttention2d, MultiheadSelfAttention
-from .conv_bn import ConvBN, bn_scale_shift, fuse_conv_bn, fuse_conv_bn_module
+from .conv_bn import (
+    ConvBN,
+    ConvNormSequential,
+    bn_scale_shift,
+    fold_batch_norm_,
+    fuse_conv_bn,
+    fuse_conv_bn_module,
+)
 from .drop import DropPath, drop_path
 from .glmix import GLMix, GLMixBlock
 from .involution import Involution2d, involution_aggregate
@@ -37,6 +44,7 @@ __all__ = [
     "ACmixWindowAttention",
     "CentreModulatedConv2d",
     "ConvBN",
+    "ConvNormSequential",
     "DropPath",
     "GLMix",
     "GLMixBlock",
@@ -52,6 +60,7 @@ __all__ = [
     "centre_modulated_conv2d",
     "directions_to_kernel",
     "drop_path",
+    "fold_batch_norm_",
     "fuse_conv_bn",
     "fuse_conv_bn_module",
     "fuse_xvolution_kernels",

@@ -55,9 +55,9 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from ..deploy.reparam import ConvNormSequential
 from ..layers import DropPath, LayerNorm2d, MultiheadSelfAttention
 from ..layers._checks import check_choice, check_feature_map, check_positive_int
+from ..layers.conv_bn import ConvNormSequential
 from ..layers.glmix import GLMixBlock, _ResidualDepthwiseConv
 from ._features import resolve_out_indices
 from ._helpers import init_linear_and_layernorm, make_cfg, stochastic_depth_rates

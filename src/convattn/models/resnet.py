@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..deploy.reparam import ConvNormSequential, fold_conv_bn_
 from ..layers import DropPath
 from ..layers._checks import check_feature_map
+from ..layers.conv_bn import ConvNormSequential, fold_batch_norm_
 from ._features import resolve_out_indices
 from ._helpers import make_cfg, stochastic_depth_rates
 from ._registry import register_model
@@ -273,8 +273,8 @@ class BasicBlock(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold each plain conv + BN pair into a biased conv (idempotent); operators fold themselves."""
-        fold_conv_bn_(self, "conv1", "bn1")
-        fold_conv_bn_(self, "conv2", "bn2")
+        fold_batch_norm_(self, "conv1", "bn1")
+        fold_batch_norm_(self, "conv2", "bn2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -316,9 +316,9 @@ class Bottleneck(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold each plain conv + BN pair into a biased conv (idempotent); operators fold themselves."""
-        fold_conv_bn_(self, "conv1", "bn1")
-        fold_conv_bn_(self, "conv2", "bn2")
-        fold_conv_bn_(self, "conv3", "bn3")
+        fold_batch_norm_(self, "conv1", "bn1")
+        fold_batch_norm_(self, "conv2", "bn2")
+        fold_batch_norm_(self, "conv3", "bn3")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -447,7 +447,7 @@ class ResNet(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold the stem BN into ``conv1`` (idempotent); blocks and operators fold themselves."""
-        fold_conv_bn_(self, "conv1", "bn1")
+        fold_batch_norm_(self, "conv1", "bn1")
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.in_chans, type(self).__name__)

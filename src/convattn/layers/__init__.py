@@ -16,8 +16,10 @@ from .conv_bn import (
     fuse_conv_bn_module,
 )
 from .drop import DropPath, drop_path
-from .glmix import GLMix, GLMixBlock
+from .glmix import GLMix, GLMixBlock, check_block_options
 from .involution import Involution2d, involution_aggregate
+from .layer_scale import LayerScale, layer_scale
+from .mlp import ResidualDepthwiseConv, conv_mlp
 from .norm import LayerNorm2d
 from .window_attention import (
     WindowAttention,
@@ -52,12 +54,16 @@ __all__ = [
     "Involution2d",
     "InvolutionModulatedConv2d",
     "LayerNorm2d",
+    "LayerScale",
     "MultiheadSelfAttention",
     "PixelShiftAttention",
+    "ResidualDepthwiseConv",
     "WindowAttention",
     "XVolution",
     "bn_scale_shift",
     "centre_modulated_conv2d",
+    "check_block_options",
+    "conv_mlp",
     "directions_to_kernel",
     "drop_path",
     "fold_batch_norm_",
@@ -65,6 +71,7 @@ __all__ = [
     "fuse_conv_bn_module",
     "fuse_xvolution_kernels",
     "involution_aggregate",
+    "layer_scale",
     "pixel_shift_products",
     "pssa_directions",
     "relative_position_index",

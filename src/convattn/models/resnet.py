@@ -559,7 +559,6 @@ _LEGACY_OPTIONS = {"xvolution_args": "xvolution", "acmix_args": "acmix", "spatia
 
 
 def _resnet(**kwargs) -> ResNet:
-    kwargs.pop("pretrained", None)
     for old, op in _LEGACY_OPTIONS.items():
         if old in kwargs:
             hint = f"op_args={{{op!r}: {{...}}}}" if op else "stage_ops=(...) with op_args"

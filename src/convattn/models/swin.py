@@ -10,7 +10,7 @@
   attention changes (:class:`~convattn.layers.acmix.ACmixWindowAttention`); everything else is Swin.
 
 Layout and names follow the official code, so official checkpoints (``{"model": state_dict}``)
-load strictly through :func:`checkpoint_filter_fn`: ``patch_embed.{proj,norm}``,
+load strictly through :func:`checkpoint_filter_fn` (the model's ``checkpoint_filter``): ``patch_embed.{proj,norm}``,
 ``layers.{i}.blocks.{j}.{norm1,attn,norm2,mlp.fc1,mlp.fc2}``, ``layers.{i}.downsample.{norm,
 reduction}`` (patch merging at the *end* of stages 0-2), ``norm``, ``head``. The deterministic
 buffers are not read from files: ``attn_mask`` is dropped (we compute masks per input size) and
@@ -505,6 +505,10 @@ class SwinTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def checkpoint_filter(self, state_dict: dict) -> dict:
+        """An official Swin / ACmix-Swin state dict in this model's layout (:func:`checkpoint_filter_fn`)."""
+        return checkpoint_filter_fn(state_dict, self)
+
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Official Swin / ACmix-Swin state dicts -> ours.
@@ -592,33 +596,28 @@ default_cfgs = {
 }
 
 
-def _swin(**kwargs) -> SwinTransformer:
-    kwargs.pop("pretrained", None)
-    return SwinTransformer(**kwargs)
-
-
 @register_model
 def swin_tiny(**kwargs) -> SwinTransformer:
     """Swin-T: embed 96, depths [2,2,6,2], window 7, 28.29 M params, 4.49 GMACs at 224."""
-    return _swin(**_TINY | kwargs)
+    return SwinTransformer(**_TINY | kwargs)
 
 
 @register_model
 def swin_small(**kwargs) -> SwinTransformer:
     """Swin-S: embed 96, depths [2,2,18,2], window 7, 49.61 M params, 8.74 GMACs at 224."""
-    return _swin(**_SMALL | kwargs)
+    return SwinTransformer(**_SMALL | kwargs)
 
 
 @register_model
 def acmix_swin_tiny(**kwargs) -> SwinTransformer:
     """ACmix-Swin-T (official layout): Swin-T with ACmix window attention, 28.65 M params."""
-    return _swin(**_TINY | dict(attn_layer="acmix") | kwargs)
+    return SwinTransformer(**_TINY | dict(attn_layer="acmix") | kwargs)
 
 
 @register_model
 def acmix_swin_small(**kwargs) -> SwinTransformer:
     """ACmix-Swin-S (official layout): Swin-S with ACmix window attention, 50.35 M params."""
-    return _swin(**_SMALL | dict(attn_layer="acmix") | kwargs)
+    return SwinTransformer(**_SMALL | dict(attn_layer="acmix") | kwargs)
 
 
 @register_model
@@ -629,4 +628,4 @@ def acmix_swin_nano(**kwargs) -> SwinTransformer:
     are 16/8/4/2 at 32x32: plain + shifted (by 2) 4x4 windows in stages 0-1, one 4x4 window in
     stage 2 and a window clamped to the 2x2 map in stage 3.
     """
-    return _swin(**_NANO | dict(attn_layer="acmix") | kwargs)
+    return SwinTransformer(**default_cfgs["acmix_swin_nano"]["model_args"] | kwargs)

@@ -167,7 +167,7 @@ STAGE_OPS: dict[str, StageOp] = {
     ),
     "acmix": StageOp(
         _acmix,
-        {"kernel_att": 7, "heads": 4, "kernel_conv": 3},
+        {"kernel_att": 7, "num_heads": 4, "kernel_conv": 3},
         "acmix",
         "ACmix (7x7 window attention + shift conv) + BN",
     ),

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ._checks import check_feature_map, check_positive_int
 from ._window_tiles import _cached_in_eager, reflect_index, tiled_window_attention
+from .attention import resolve_num_heads
 from .window_attention import WindowAttention, window_partition, window_reverse
 
 __all__ = [
@@ -226,14 +227,10 @@ class ACmix(nn.Module):
             ("out_channels", out_channels),
             ("stride", stride),
             ("kernel_att", kernel_att),
-            ("num_heads", heads),
             ("kernel_conv", kernel_conv),
         ):
             check_positive_int(value, name, owner)
-        if out_channels % heads:
-            raise ValueError(
-                f"{owner}: 'out_channels' ({out_channels}) must be divisible by 'num_heads' ({heads})"
-            )
+        resolve_num_heads(out_channels, heads, 1, owner, "out_channels")
         for name, value in (("kernel_att", kernel_att), ("kernel_conv", kernel_conv)):
             if value % 2 == 0:
                 raise ValueError(f"{owner}: '{name}' must be odd (centred window), got {value}")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_feature_map, check_positive_int
-from .attention import MultiheadSelfAttention
+from .attention import MultiheadSelfAttention, resolve_num_heads
 from .drop import DropPath
 from .layer_scale import layer_scale
 from .mlp import conv_mlp
@@ -40,26 +40,6 @@ from .pooling import adaptive_avg_pool2d
 __all__ = ["GLMix", "GLMixBlock", "check_block_options"]
 
 SLOT_INITS = ("ada_avgpool", "param")
-
-
-def _resolve_num_heads(
-    channels: int, num_heads: int | None, head_dim: int, owner: str, name: str
-) -> int:
-    """Heads of the slot MHSA: ``num_heads`` if given, else ``channels / head_dim`` (official: 32)."""
-    if num_heads is not None:
-        check_positive_int(num_heads, "num_heads", owner)
-        if channels % num_heads:
-            raise ValueError(
-                f"{owner}: '{name}' ({channels}) must be divisible by 'num_heads' ({num_heads})"
-            )
-        return num_heads
-    check_positive_int(head_dim, "head_dim", owner)
-    if channels % head_dim:
-        raise ValueError(
-            f"{owner}: '{name}' ({channels}) must be divisible by 'head_dim' ({head_dim}); "
-            "pass 'num_heads' to choose the head count directly"
-        )
-    return channels // head_dim
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -126,7 +106,7 @@ class GLMix(nn.Module):
         check_positive_int(num_slots, "num_slots", owner)
         _check_odd_kernel(local_kernel, "local_kernel", owner)
         check_choice(slot_init, "slot_init", SLOT_INITS, owner)
-        heads = _resolve_num_heads(in_channels, num_heads, head_dim, owner, "in_channels")
+        heads = resolve_num_heads(in_channels, num_heads, head_dim, owner, "in_channels")
         grid = math.isqrt(num_slots)
         if slot_init == "ada_avgpool" and grid * grid != num_slots:
             raise ValueError(
@@ -309,7 +289,7 @@ class GLMixBlock(GLMix):
     ) -> None:
         owner = type(self).__name__
         check_positive_int(dim, "dim", owner)
-        _resolve_num_heads(dim, num_heads, head_dim, owner, "dim")
+        resolve_num_heads(dim, num_heads, head_dim, owner, "dim")
         hidden = check_block_options(owner, dim, mlp_ratio, cpe_kernel, layerscale, drop_path)
         super().__init__(
             dim,

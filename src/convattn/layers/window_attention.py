@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ._checks import check_positive_int
+from .attention import resolve_num_heads
 from .fused_attention import scaled_dot_product_attention
 
 __all__ = [
@@ -137,11 +138,7 @@ class WindowAttention(nn.Module):
         owner = type(self).__name__
         check_positive_int(dim, "dim", owner)
         check_positive_int(window_size, "window_size", owner)
-        check_positive_int(num_heads, "num_heads", owner)
-        if dim % num_heads:
-            raise ValueError(
-                f"{owner}: 'dim' ({dim}) must be divisible by 'num_heads' ({num_heads})"
-            )
+        resolve_num_heads(dim, num_heads, 1, owner, "dim")
         for name, p in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{owner}: '{name}' must be in [0, 1), got {p!r}")

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_feature_map, check_positive_int
-from .attention import GlobalSelfAttention2d
+from .attention import GlobalSelfAttention2d, resolve_num_heads
 from .conv_bn import bn_scale_shift, fuse_conv_bn
 from .involution import Involution2d
 
@@ -745,16 +745,12 @@ class XVolution(nn.Module):
             )
 
         if attention == "sa":
-            check_positive_int(sa_head_dim, "sa_head_dim", owner)
-            if in_channels % sa_head_dim != 0:
-                raise ValueError(
-                    f"{owner}: the 'sa' branch attends at width in_channels ({in_channels}), "
-                    f"which must be divisible by 'sa_head_dim' ({sa_head_dim})"
-                )
-            # Same module in both forms: the deploy form folds the attention BN into `proj`.
-            self.attn = GlobalSelfAttention2d(
-                in_channels, out_channels, stride, num_heads=in_channels // sa_head_dim
+            # The 'sa' branch attends at width in_channels: in_channels / sa_head_dim heads.
+            heads = resolve_num_heads(
+                in_channels, None, sa_head_dim, owner, "in_channels", head_dim_name="sa_head_dim"
             )
+            # Same module in both forms: the deploy form folds the attention BN into `proj`.
+            self.attn = GlobalSelfAttention2d(in_channels, out_channels, stride, num_heads=heads)
         if attention == "involution":
             check_positive_int(involution_group_channels, "involution_group_channels", owner)
             if in_channels % involution_group_channels:

@@ -5,6 +5,7 @@ The papers' operators, each a drop-in for a KxK convolution ``(in_channels, out_
 and :class:`Involution2d`; and the blocks the backbones are built from.
 """
 
+from ._checks import check_choice, check_feature_map, check_positive_int
 from .acmix import ACmix, ACmixConvPath, ACmixWindowAttention
 from .attention import GlobalSelfAttention2d, MultiheadSelfAttention
 from .conv_bn import (
@@ -63,6 +64,9 @@ __all__ = [
     "bn_scale_shift",
     "centre_modulated_conv2d",
     "check_block_options",
+    "check_choice",
+    "check_feature_map",
+    "check_positive_int",
     "conv_mlp",
     "directions_to_kernel",
     "drop_path",

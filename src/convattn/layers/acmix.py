@@ -435,7 +435,7 @@ class ACmixWindowAttention(WindowAttention):
                 f"{owner}: argument 'x' must be a non-empty (B, H, W, {self.dim}) map, "
                 f"got shape {tuple(x.shape)}"
             )
-        b, h, w, c = x.shape
+        _, h, w, c = x.shape
         ws = self.window_size
         if h % ws or w % ws:
             raise ValueError(
@@ -443,12 +443,21 @@ class ACmixWindowAttention(WindowAttention):
                 f"(the Swin block pads), got {h}x{w}"
             )
         qkv = self.qkv(x)  # (B, H, W, 3C)
-        heads, d = self.num_heads, self.head_dim
-        out_conv = self.conv_path(qkv.view(b, h, w, 3 * heads, d).permute(0, 3, 4, 1, 2))
         windows = window_partition(qkv, ws).view(-1, ws * ws, 3 * c)
         out_att = self.proj(self.attend(windows, mask))
-        out_att = window_reverse(out_att.view(-1, ws, ws, c), ws, h, w)
-        return self.proj_drop(self.rate1 * out_att + self.rate2 * out_conv.permute(0, 2, 3, 1))
+        return self.combine(window_reverse(out_att.view(-1, ws, ws, c), ws, h, w), qkv)
+
+    def combine(self, attended: Tensor, qkv: Tensor) -> Tensor:
+        """``proj_drop(rate1 * attended + rate2 * conv_path(qkv))``: the ACmix combination.
+
+        Args:
+            attended: (B, H, W, C) ``proj`` of the window attention, windows put back in place.
+            qkv: (B, H, W, 3C) the projections; the convolution path reads them on the whole map.
+        """
+        b, h, w, _ = qkv.shape
+        heads, d = self.num_heads, self.head_dim
+        out_conv = self.conv_path(qkv.view(b, h, w, 3 * heads, d).permute(0, 3, 4, 1, 2))
+        return self.proj_drop(self.rate1 * attended + self.rate2 * out_conv.permute(0, 2, 3, 1))
 
     @torch.no_grad()
     def reparameterize(self) -> None:

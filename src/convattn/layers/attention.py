@@ -27,6 +27,17 @@ from .fused_attention import scaled_dot_product_attention
 __all__ = ["GlobalSelfAttention2d", "MultiheadSelfAttention", "resolve_num_heads"]
 
 
+def _packed_weights(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) from packed (B, N, 3C) projections -> (B, heads, N, N).
+
+    The explicit form of what :func:`_packed_attention` lets SDPA compute (visualisation hook).
+    """
+    b, n, c3 = qkv.shape
+    head_dim = c3 // (3 * num_heads)
+    q, k, _ = qkv.view(b, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return ((q / math.sqrt(head_dim)) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
 def _packed_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Attention from packed projections: (B, N, 3*C) -> (B, N, C), heads side by side in C."""
     b, n, c3 = qkv.shape
@@ -81,6 +92,12 @@ class MultiheadSelfAttention(nn.Module):
             )
         qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias)
         return self.out_proj(_packed_attention(qkv, self.num_heads))
+
+    @torch.no_grad()
+    def attention_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The attention weights of (B, N, C) ``tokens``: (B, heads, N, N), rows sum to one."""
+        qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias)
+        return _packed_weights(qkv, self.num_heads)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
@@ -193,6 +210,18 @@ class GlobalSelfAttention2d(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C_in)
         out = self.proj(_packed_attention(self.qkv(tokens), self.num_heads))
         return out.transpose(1, 2).reshape(b, self.out_channels, h, w)
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights for input ``x`` (the visualisation hook).
+
+        Returns:
+            (B, heads, N, N), N = H'W' pixels of the (pooled) map, row-major: row i holds query
+            pixel i's weights over all key pixels (sums to one).
+        """
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        return _packed_weights(self.qkv(x.flatten(2).transpose(1, 2)), self.num_heads)
 
     def extra_repr(self) -> str:
         return (

@@ -55,8 +55,14 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from ..layers import DropPath, LayerNorm2d, MultiheadSelfAttention
-from ..layers._checks import check_choice, check_feature_map, check_positive_int
+from ..layers import (
+    DropPath,
+    LayerNorm2d,
+    MultiheadSelfAttention,
+    check_choice,
+    check_feature_map,
+    check_positive_int,
+)
 from ..layers.conv_bn import ConvNormSequential
 from ..layers.glmix import GLMixBlock, check_block_options
 from ..layers.layer_scale import LayerScale, layer_scale

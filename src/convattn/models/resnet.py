@@ -40,8 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import DropPath
-from ..layers._checks import check_feature_map
+from ..layers import DropPath, check_feature_map
 from ..layers.conv_bn import ConvNormSequential, fold_batch_norm_
 from ._features import resolve_out_indices
 from ._helpers import make_cfg, stochastic_depth_rates

@@ -34,8 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_feature_map, check_positive_int
-from ._window_tiles import _cached_in_eager, reflect_index, tiled_window_attention
+from ._window_tiles import reflect_index, tiled_window_attention
 from .attention import resolve_num_heads
+from .tracing import cached_in_eager
 from .window_attention import WindowAttention, window_partition, window_reverse
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
-@_cached_in_eager
+@cached_in_eager
 def _coordinate_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(2, H, W) normalised coordinates: channel 0 = x in linspace(-1, 1, W), channel 1 = y."""
     with torch.inference_mode(False):
@@ -206,6 +207,12 @@ class ACmix(nn.Module):
         num_heads: number of attention heads (``heads`` and the official ``head`` are aliases).
         kernel_conv: kernel side of the shift convolution (odd; the official code only supports 3).
     """
+
+    # Read by convattn.deploy.export.dynamic_size_blockers: why an exported graph is size-specific.
+    fixed_input_size_reason = (
+        "ACmix's window tiles (reflect padding, tile grid and halo regions) are laid out "
+        "for one input size"
+    )
 
     def __init__(
         self,

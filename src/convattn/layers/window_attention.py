@@ -110,6 +110,9 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift: int) -
 class WindowAttention(nn.Module):
     """Multi-head self-attention within windows, with a learned relative position bias.
 
+    Export: ``fixed_input_size_reason`` says why a graph holding it cannot take a dynamic input
+    size (read by :func:`convattn.deploy.export.dynamic_size_blockers`).
+
     ``forward`` takes windows of tokens (B * nW, N = w*w, C) and an optional additive mask
     (nW, N, N) from :func:`shifted_window_mask`; logits are ``q k^T / sqrt(head_dim)`` plus
     ``relative_position_bias_table[relative_position_index]`` (per head) plus the mask. The
@@ -124,6 +127,11 @@ class WindowAttention(nn.Module):
         attn_drop: dropout probability on the attention weights (training only).
         proj_drop: dropout probability after the output projection (training only).
     """
+
+    fixed_input_size_reason = (
+        "Swin window attention pads each map to a multiple of the window, clamps the window "
+        "on small maps and builds its shift masks from the map size"
+    )
 
     def __init__(
         self,

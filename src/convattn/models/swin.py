@@ -45,7 +45,6 @@ The file ends with the configuration table and the registered constructors.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -55,6 +54,7 @@ from torch import Tensor, nn
 
 from ..layers import DropPath, check_choice, check_feature_map, check_positive_int
 from ..layers.acmix import ACmixWindowAttention
+from ..layers.tracing import cached_in_eager
 from ..layers.window_attention import (
     WindowAttention,
     shifted_window_mask,
@@ -149,34 +149,13 @@ class Mlp(nn.Module):
 # the bias table) serve them too: token pairs then use exactly the (dy, dx) entries of the table.
 
 
-def _cached_unless_tracing(maxsize: int):
-    """``functools.lru_cache`` in eager mode; uncached while torch.export / torch.compile trace.
-
-    Tensors made during tracing are fake (symbolic): cached, they would leak into later eager
-    calls (and sizes may be symbolic, which cannot be hashed).
-    """
-
-    def decorate(fn):
-        cached = functools.lru_cache(maxsize=maxsize)(fn)
-
-        @functools.wraps(fn)
-        def wrapper(*args):
-            return fn(*args) if torch.compiler.is_compiling() else cached(*args)
-
-        wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-        wrapper.cache_info = cached.cache_info  # type: ignore[attr-defined]
-        return wrapper
-
-    return decorate
-
-
-@_cached_unless_tracing(maxsize=64)
+@cached_in_eager(maxsize=64)
 def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> Tensor:
     with torch.inference_mode(False):  # cached across calls, so never an inference tensor
         return shifted_window_mask(height, width, window, shift).to(device)
 
 
-@_cached_unless_tracing(maxsize=16)
+@cached_in_eager(maxsize=16)
 def _embedding_mask(inner: int, window: int, device: torch.device) -> Tensor:
     """(1, w*w, w*w) mask hiding the keys of a w x w window outside its top-left inner x inner part."""
     with torch.inference_mode(False):

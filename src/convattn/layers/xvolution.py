@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _xvolution_kernels as _kernels
-from ._checks import check_choice, check_feature_map, check_positive_int
+from ._checks import check_choice, check_drop_in, check_feature_map, check_positive_int
 from ._xvolution_kernels import directions_to_kernel, footprint_taps, tap_indices
 from .attention import GlobalSelfAttention2d, resolve_num_heads
 from .conv_bn import bn_scale_shift, fuse_conv_bn
@@ -163,9 +163,7 @@ class XVolution(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_positive_int(in_channels, "in_channels", owner)
-        check_positive_int(out_channels, "out_channels", owner)
-        check_positive_int(stride, "stride", owner)
+        check_drop_in(owner, in_channels, out_channels, stride)
         _check_kernel_size(kernel_size, owner)
         check_choice(attention, "attention", ATTENTIONS, owner)
         check_choice(pssa_weighting, "pssa_weighting", PSSA_WEIGHTINGS, owner)
@@ -436,9 +434,7 @@ class PixelShiftAttention(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_positive_int(in_channels, "in_channels", owner)
-        check_positive_int(out_channels, "out_channels", owner)
-        check_positive_int(stride, "stride", owner)
+        check_drop_in(owner, in_channels, out_channels, stride)
         check_choice(weighting, "pssa_weighting", PSSA_WEIGHTINGS, owner)
         if weighting != "full" and in_channels != out_channels:
             raise ValueError(
@@ -573,9 +569,7 @@ class CentreModulatedConv2d(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_positive_int(in_channels, "in_channels", owner)
-        check_positive_int(out_channels, "out_channels", owner)
-        check_positive_int(stride, "stride", owner)
+        check_drop_in(owner, in_channels, out_channels, stride)
         _check_kernel_size(kernel_size, owner)
         if depthwise_dynamic and in_channels != out_channels:
             raise ValueError(
@@ -675,9 +669,7 @@ class InvolutionModulatedConv2d(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_positive_int(in_channels, "in_channels", owner)
-        check_positive_int(out_channels, "out_channels", owner)
-        check_positive_int(stride, "stride", owner)
+        check_drop_in(owner, in_channels, out_channels, stride)
         check_positive_int(kernel_size, "kernel_size", owner)
         if kernel_size % 2 == 0:
             raise ValueError(f"{owner}: 'kernel_size' must be odd, got {kernel_size}")

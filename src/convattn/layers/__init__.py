@@ -7,7 +7,7 @@ and :class:`Involution2d`; and the blocks the backbones are built from.
 
 from ._checks import check_choice, check_feature_map, check_positive_int
 from .acmix import ACmix, ACmixConvPath, ACmixWindowAttention
-from .attention import GlobalSelfAttention2d, MultiheadSelfAttention
+from .attention import GlobalSelfAttention2d, MultiheadSelfAttention, resolve_num_heads
 from .conv_bn import (
     ConvBN,
     ConvNormSequential,
@@ -79,6 +79,7 @@ __all__ = [
     "pixel_shift_products",
     "pssa_directions",
     "relative_position_index",
+    "resolve_num_heads",
     "shifted_window_mask",
     "window_partition",
     "window_reverse",

@@ -60,7 +60,7 @@ def operator_footprints(out: Path) -> Path:
     ops = [
         ("3x3 convolution", conv),
         ("X-volution (PSSA)", XVolution(c, c)),
-        ("ACmix (k_att = 7)", ACmix(c, c, kernel_att=7, heads=4)),
+        ("ACmix (k_att = 7)", ACmix(c, c, kernel_att=7, num_heads=4)),
         ("Involution (7x7)", Involution2d(c, c, group_channels=8)),
         ("GLMix (16 slots)", GLMix(c, c, num_slots=16, head_dim=8)),
         ("Global self-attention", GlobalSelfAttention2d(c, c, head_dim=8)),
@@ -160,7 +160,7 @@ def _arrow(ax, start, end, text=""):
 
 def acmix_paths(out: Path) -> Path:
     """Diagram of the two paths, and the shift kernels of ``dep_conv`` at initialisation."""
-    module = ACmix(16, 16, heads=4)
+    module = ACmix(16, 16, num_heads=4)
     fig = plt.figure(figsize=(11, 4.2))
     ax = fig.add_axes([0.0, 0.0, 0.62, 1.0])
     ax.set_xlim(0, 8)

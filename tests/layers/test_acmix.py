@@ -562,3 +562,13 @@ def test_window_variant_bad_input():
         ACmixWindowAttention(8, 2, 2, kernel_conv=2)
     with pytest.raises(ValueError, match="num_heads"):
         ACmixWindowAttention(9, 2, 2)
+
+
+def test_num_heads_is_the_name_and_heads_an_alias():
+    m = ACmix(8, 8, num_heads=2)
+    assert m.num_heads == m.heads == 2 and m.conv_path.num_heads == 2
+    assert ACmix(8, 8, heads=2).num_heads == ACmix(8, 8, head=2).num_heads == 2  # old / official
+    assert ACmix(8, 8).num_heads == 4
+    with pytest.raises(ValueError, match="alias of 'num_heads'"):
+        ACmix(8, 8, num_heads=2, heads=4)
+    assert "num_heads=2" in repr(m)

@@ -256,3 +256,39 @@ def test_convert_cli_writes_our_format_from_official_file(tmp_path, capsys):
         == 2
     )
     assert "no such file" in capsys.readouterr().err
+
+
+# --- pretrained=True and checkpoint filters -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["glnet_4g", "resnet_nano"])
+def test_pretrained_true_raises_and_says_how_to_load(name):
+    from convattn.models import model_entrypoint
+
+    with pytest.raises(ValueError, match="checkpoint_path=FILE") as info:
+        convattn.create_model(name, pretrained=True)
+    assert "never downloads" in str(info.value)
+    if name == "glnet_4g":  # names the release to download
+        assert "glnet_4g.pth" in str(info.value)
+    with pytest.raises(ValueError, match="'pretrained=True' is not supported"):
+        model_entrypoint(name)(pretrained=True)
+    assert isinstance(convattn.create_model(name, pretrained=False), torch.nn.Module)
+
+
+def test_checkpoint_filter_is_the_models_own_hook(tmp_path):
+    class Renamed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(2, 2)
+
+        def checkpoint_filter(self, state_dict):
+            return {k.replace("official_fc", "fc"): v for k, v in state_dict.items()}
+
+    source = Renamed()
+    torch.save({f"official_{k}": v for k, v in source.state_dict().items()}, tmp_path / "w.pth")
+    target = Renamed()
+    convattn.models.load_checkpoint(target, tmp_path / "w.pth")
+    torch.testing.assert_close(target.fc.weight, source.fc.weight)
+    plain = torch.nn.Linear(2, 2)  # no hook: keys are taken as they are
+    with pytest.raises(RuntimeError, match="does not fit"):
+        convattn.models.load_checkpoint(plain, tmp_path / "w.pth")

@@ -669,7 +669,7 @@ def test_bad_input(x, exc, match):
         (dict(num_slots=10), "'num_slots' must be a perfect square"),
         (dict(num_classes=-1), "'num_classes' must be an int >= 0"),
         (dict(mlp_ratio=0.0), "'mlp_ratio' must give >= 1 hidden channel"),
-        (dict(cpe_kernel=2), "'cpe_kernel' must be 0 or odd"),
+        (dict(cpe_kernel=2), "'cpe_kernel' must be odd"),
         (dict(layerscale=0.0), "'layerscale' must be None or > 0"),
         (dict(in_chans=0), "'in_chans' must be a positive integer"),
     ],

@@ -137,24 +137,16 @@ def _onnx_floordiv(a, b):
 def dynamic_size_blockers(model: nn.Module) -> list[str]:
     """Reasons why ``model``'s graph cannot have a dynamic input size (empty list: it can).
 
-    Declared per operator family, because torch.export would otherwise guard these dependencies
-    at run time (``ExportedProgram.module()``) but an ONNX file would silently compute wrong
-    results at other sizes, and tracing them symbolically takes minutes.
+    Each operator declares its own reason as the class attribute ``fixed_input_size_reason``,
+    because torch.export would otherwise guard these dependencies at run time
+    (``ExportedProgram.module()``) but an ONNX file would silently compute wrong results at other
+    sizes, and tracing them symbolically takes minutes.
     """
-    from ..layers.acmix import ACmix
-    from ..layers.window_attention import WindowAttention
-
-    reasons = []
-    if any(isinstance(m, WindowAttention) for m in model.modules()):
-        reasons.append(
-            "Swin window attention pads each map to a multiple of the window, clamps the window "
-            "on small maps and builds its shift masks from the map size"
-        )
-    if any(isinstance(m, ACmix) for m in model.modules()):
-        reasons.append(
-            "ACmix's window tiles (reflect padding, tile grid and halo regions) are laid out "
-            "for one input size"
-        )
+    reasons: list[str] = []
+    for module in model.modules():
+        reason = getattr(type(module), "fixed_input_size_reason", None)
+        if reason and reason not in reasons:
+            reasons.append(reason)
     return reasons
 
 

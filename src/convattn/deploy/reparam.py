@@ -2,8 +2,7 @@
 
 ``reparameterize_model`` walks a model and calls each module's ``reparameterize()`` (alias
 ``switch_to_deploy``), with the semantics of timm's ``timm.utils.reparameterize_model`` (a deep copy
-unless ``inplace``; idempotent), so timm users' tooling and ours agree
-(``shared/specs/ecosystem.md`` section 2.1, "re-param"). What each family folds:
+unless ``inplace``; idempotent), so timm users' tooling and ours agree. What each family folds:
 
 * X-volution (arXiv 2106.02253): both branch BNs and, for PSSA, both branches into one dynamic
   convolution (:meth:`~convattn.layers.xvolution.XVolution.reparameterize`).
@@ -15,18 +14,17 @@ unless ``inplace``; idempotent), so timm users' tooling and ours agree
 * GLNet (arXiv 2411.14429): conv -> BN pairs of the stems and transitions; the STL transitions'
   BN -> conv 2x2/2 pairs as an input-side affine (exact because that conv has no padding).
 
-The pure fusion maths (``fuse_conv_bn``, ``bn_scale_shift``) is in :mod:`convattn.layers.conv_bn`.
+The fusion maths, the one module-level fold (``fold_batch_norm_``) and ``ConvNormSequential`` live
+with the operators in :mod:`convattn.layers.conv_bn`; this module walks models and re-exports them.
 """
 
 from __future__ import annotations
 
 import copy
-from itertools import pairwise
 
-import torch
 from torch import nn
 
-from ..layers.conv_bn import biased_conv_like, bn_scale_shift, fuse_conv_bn_module
+from ..layers.conv_bn import ConvNormSequential, fold_batch_norm_
 
 __all__ = [
     "ConvNormSequential",
@@ -64,90 +62,34 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     return model
 
 
-@torch.no_grad()
+# --- compatibility names ----------------------------------------------------------------------
+# The fold itself is :func:`convattn.layers.conv_bn.fold_batch_norm_` (one entry point, used by
+# every model); these keep the earlier order-specific spellings of this module working.
+
+
 def fuse_bn_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
     """Return one biased Conv2d equal to ``conv(bn(x))`` in eval mode (BN folded input-side).
 
-    With ``bn(x) = s * x + t`` per input channel: ``W'[o, c] = W[o, c] * s[c]`` and
-    ``b' = b + sum_{c, taps} W[o, c] * t[c]``. Only exact without padding: the original pads
-    ``bn(x)`` with zeros, a folded conv would pad ``x`` with zeros, i.e. ``bn(x)`` with ``t``.
-
     Raises:
-        ValueError: if ``conv`` pads its input.
+        ValueError: if ``conv`` pads its input (the fold would change the border outputs).
     """
-    if any(p != 0 for p in _padding(conv)):
+    parent = nn.Module()
+    parent.bn, parent.conv = bn, conv
+    if not fold_batch_norm_(parent, "bn", "conv"):
         raise ValueError(
             f"fuse_bn_conv: the convolution pads its input (padding={conv.padding}); folding the "
             "BatchNorm before it would change the border outputs"
         )
-    scale, shift = bn_scale_shift(bn)
-    g = conv.groups
-    out_ch, in_per_group = conv.weight.shape[:2]
-    weight = conv.weight.reshape(g, out_ch // g, in_per_group, -1)
-    fused_w = weight * scale.view(g, 1, in_per_group, 1)
-    through = (weight * shift.view(g, 1, in_per_group, 1)).sum(dim=(2, 3)).flatten()
-    bias = through if conv.bias is None else conv.bias + through
-    fused = biased_conv_like(conv)
-    fused.weight.copy_(fused_w.reshape_as(conv.weight))
-    fused.bias.copy_(bias)
-    return fused
-
-
-def _padding(conv: nn.Conv2d) -> tuple[int, ...]:
-    if isinstance(conv.padding, str):  # 'same' pads whenever the kernel is larger than 1
-        return (0,) if conv.padding == "valid" or max(conv.kernel_size) == 1 else (1,)
-    return tuple(conv.padding)
+    return parent.conv
 
 
 def fold_conv_bn_(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
-    """Fold ``parent.<bn_name>`` into the preceding ``parent.<conv_name>`` in place.
-
-    The conv becomes biased and the BN an ``nn.Identity``, so the state-dict keys of the fused
-    form are the conv's ``weight``/``bias`` at the same place.
-
-    Returns:
-        True if a pair was folded, False if it is not a (Conv2d, BatchNorm2d) pair (e.g. already
-        folded, or a non-linear operator in the conv position).
-    """
-    conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-    if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d):
-        return False
-    fused = fuse_conv_bn_module(conv, bn)
-    setattr(parent, conv_name, fused)
-    setattr(parent, bn_name, nn.Identity())
-    return True
+    """:func:`fold_batch_norm_` for a ``conv -> BN`` pair only (False for any other pair)."""
+    bn = getattr(parent, bn_name)
+    return isinstance(bn, nn.BatchNorm2d) and fold_batch_norm_(parent, conv_name, bn_name)
 
 
 def fold_bn_conv_(parent: nn.Module, bn_name: str, conv_name: str) -> bool:
-    """Fold ``parent.<bn_name>`` into the following, unpadded ``parent.<conv_name>`` in place.
-
-    Returns:
-        True if folded; False if the pair is not (BatchNorm2d, Conv2d) or the conv pads (inexact).
-    """
-    bn, conv = getattr(parent, bn_name), getattr(parent, conv_name)
-    if not isinstance(bn, nn.BatchNorm2d) or type(conv) is not nn.Conv2d:
-        return False
-    if any(p != 0 for p in _padding(conv)):
-        return False
-    setattr(parent, conv_name, fuse_bn_conv(bn, conv))
-    setattr(parent, bn_name, nn.Identity())
-    return True
-
-
-class ConvNormSequential(nn.Sequential):
-    """An ``nn.Sequential`` (same keys) whose ``reparameterize()`` folds its BatchNorms.
-
-    Every BatchNorm2d directly after a Conv2d is folded into it; every BatchNorm2d directly before
-    an unpadded Conv2d is folded into that one's input side. Folded BNs become ``nn.Identity`` so
-    the indices (state-dict keys) of the other layers do not move.
-    """
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Fold the foldable BatchNorms in place (idempotent)."""
-        names = list(self._modules)
-        for first, second in pairwise(names):
-            if not fold_conv_bn_(self, first, second):
-                fold_bn_conv_(self, first, second)
-
-    switch_to_deploy = reparameterize
+    """:func:`fold_batch_norm_` for a ``BN -> unpadded conv`` pair only (False otherwise)."""
+    bn = getattr(parent, bn_name)
+    return isinstance(bn, nn.BatchNorm2d) and fold_batch_norm_(parent, bn_name, conv_name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_choice", "check_feature_map", "check_positive_int"]
+__all__ = ["check_choice", "check_drop_in", "check_feature_map", "check_positive_int"]
 
 
 def check_feature_map(
@@ -72,3 +72,10 @@ def check_choice(value: object, name: str, choices: tuple[str, ...], owner: str)
     if value not in choices:
         raise ValueError(f"{owner}: '{name}' must be one of {list(choices)}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_drop_in(owner: str, in_channels: object, out_channels: object, stride: object) -> None:
+    """Check the ``(in_channels, out_channels, stride)`` every KxK-convolution drop-in takes."""
+    check_positive_int(in_channels, "in_channels", owner)
+    check_positive_int(out_channels, "out_channels", owner)
+    check_positive_int(stride, "stride", owner)

@@ -29,12 +29,13 @@ on a cache size or specialises on the batch.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .tracing import cached_in_eager, is_tracing
 
 __all__ = [
     "is_tracing",
@@ -50,27 +51,10 @@ __all__ = [
 _CPU_LOGITS_PER_CHUNK = 1 << 20
 
 
-def is_tracing() -> bool:
-    """True inside ``torch.compile`` / ``torch.export`` / TorchScript tracing (ONNX, ``dynamo=False``)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
 def _sizes(x: Tensor) -> tuple:
     """``x.shape``; as Python ints under TorchScript tracing, which would otherwise record the size
     arithmetic as ONNX ops (whose integer division truncates instead of flooring)."""
     return tuple(int(v) for v in x.shape) if torch.jit.is_tracing() else tuple(x.shape)
-
-
-def _cached_in_eager(function):
-    """``lru_cache`` for eager calls; traced calls build their tensor fresh (never cache a fake)."""
-    cached = functools.lru_cache(maxsize=128)(function)
-
-    @functools.wraps(function)
-    def wrapper(*args):
-        return function(*args) if is_tracing() else cached(*args)
-
-    wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-    return wrapper
 
 
 def reflect_index(size: int, pad: int, device: torch.device | str = "cpu") -> Tensor:
@@ -87,7 +71,7 @@ def reflect_index(size: int, pad: int, device: torch.device | str = "cpu") -> Te
     return _reflected(size, -pad, size + pad, torch.device(device))
 
 
-@_cached_in_eager
+@cached_in_eager
 def _reflected(size: int, start: int, stop: int, device: torch.device) -> Tensor:
     # Built outside inference mode: cached tensors are reused by later training steps.
     with torch.inference_mode(False):
@@ -120,7 +104,7 @@ def _window_rows(tile: int, kernel_size: int, stride: int, device) -> Tensor:
     return (r >= stride * i) & (r < stride * i + kernel_size)
 
 
-@_cached_in_eager
+@cached_in_eager
 def window_mask(
     tile_h: int, tile_w: int, kernel_size: int, stride: int, dtype: torch.dtype, device
 ) -> Tensor:
@@ -134,7 +118,7 @@ def window_mask(
         return zeros.masked_fill(~inside, float("-inf"))
 
 
-@_cached_in_eager
+@cached_in_eager
 def _window_columns(tile_h: int, tile_w: int, kernel_size: int, stride: int, device) -> Tensor:
     """(tile_h*tile_w, k*k) region column of window slot (dy, dx) of every query of a tile."""
     k, s = kernel_size, stride
@@ -182,7 +166,7 @@ def _halo_index(tiles: int, region: int, step: int, device) -> Tensor:
 _WHOLE_MAP_MAX_PIXELS = 256
 
 
-@_cached_in_eager
+@cached_in_eager
 def _window_sources(height: int, width: int, kernel_size: int, stride: int, device) -> Tensor:
     """(H'*W', k*k) flat input pixel read by window slot (dy, dx) of every query (border rule)."""
     k, pad = kernel_size, kernel_size // 2
@@ -196,7 +180,7 @@ def _window_sources(height: int, width: int, kernel_size: int, stride: int, devi
     return index.reshape(out_h * out_w, k * k)
 
 
-@_cached_in_eager
+@cached_in_eager
 def _multiplicity_bias(
     height: int, width: int, kernel_size: int, stride: int, dtype: torch.dtype, device
 ) -> Tensor:

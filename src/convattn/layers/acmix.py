@@ -5,7 +5,7 @@ Semantics follow the official code (LeapLabTHU/ACmix); ``docs/operators/acmix.md
 the official code's quirks.
 
 Stage I: one set of 1x1 projections q, k, v (C_in -> C each, with bias), at the input resolution,
-split into ``heads`` groups of ``head_dim`` channels (head-major channel order).
+split into ``num_heads`` groups of ``head_dim`` channels (head-major channel order).
 
 Attention path, for a query pixel c on the stride-s grid and its k_att x k_att window j::
 
@@ -34,7 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_feature_map, check_positive_int
-from ._window_tiles import _cached_in_eager, reflect_index, tiled_window_attention
+from ._window_tiles import reflect_index, tiled_window_attention
+from .attention import resolve_num_heads
+from .tracing import cached_in_eager
 from .window_attention import WindowAttention, window_partition, window_reverse
 
 __all__ = [
@@ -49,7 +51,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
-@_cached_in_eager
+@cached_in_eager
 def _coordinate_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(2, H, W) normalised coordinates: channel 0 = x in linspace(-1, 1, W), channel 1 = y."""
     with torch.inference_mode(False):
@@ -77,7 +79,7 @@ class ACmixConvPath(nn.Module):
     (i // k - k//2, i % k - k//2); it is trainable.
 
     Args:
-        heads: number of heads N.
+        num_heads: number of heads N (``heads`` is accepted as an alias).
         head_dim: channels per head d (the output has N*d channels).
         kernel_size: k of the shift/aggregation kernel (odd).
         stride: stride of ``dep_conv`` (padding k // 2, so the output is ceil(H/s) x ceil(W/s)).
@@ -86,14 +88,18 @@ class ACmixConvPath(nn.Module):
 
     def __init__(
         self,
-        heads: int,
-        head_dim: int,
+        num_heads: int | None = None,
+        head_dim: int | None = None,
         kernel_size: int = 3,
         stride: int = 1,
         fc_bias: bool = False,
+        *,
+        heads: int | None = None,
     ) -> None:
         super().__init__()
-        self.heads = heads
+        heads = _num_heads(num_heads, heads, type(self).__name__)
+        check_positive_int(head_dim, "head_dim", type(self).__name__)
+        self.num_heads = heads
         self.head_dim = head_dim
         self.kernel_size = kernel_size
         slots = kernel_size * kernel_size
@@ -134,7 +140,19 @@ class ACmixConvPath(nn.Module):
         return self.dep_conv(mixed.permute(0, 3, 1, 2))
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, head_dim={self.head_dim}, kernel_size={self.kernel_size}"
+        return (
+            f"num_heads={self.num_heads}, head_dim={self.head_dim}, kernel_size={self.kernel_size}"
+        )
+
+
+def _num_heads(num_heads: int | None, heads: int | None, owner: str, default: int = 4) -> int:
+    """``num_heads``, or its alias ``heads`` (the name used before; official: ``head``)."""
+    if heads is not None and num_heads is not None and heads != num_heads:
+        raise ValueError(
+            f"{owner}: 'heads' is an alias of 'num_heads'; got both ({heads} and {num_heads})"
+        )
+    value = num_heads if num_heads is not None else heads
+    return default if value is None else value
 
 
 def _rename_official_keys(state_dict: dict, prefix: str, renames: dict[str, str]) -> None:
@@ -183,12 +201,18 @@ class ACmix(nn.Module):
 
     Args:
         in_channels: input channels C_in.
-        out_channels: output channels C, divisible by ``heads``.
+        out_channels: output channels C, divisible by ``num_heads``.
         stride: stride of both paths.
         kernel_att: attention window side (odd).
-        heads: number of attention heads.
+        num_heads: number of attention heads (``heads`` and the official ``head`` are aliases).
         kernel_conv: kernel side of the shift convolution (odd; the official code only supports 3).
     """
+
+    # Read by convattn.deploy.export.dynamic_size_blockers: why an exported graph is size-specific.
+    fixed_input_size_reason = (
+        "ACmix's window tiles (reflect padding, tile grid and halo regions) are laid out "
+        "for one input size"
+    )
 
     def __init__(
         self,
@@ -196,24 +220,24 @@ class ACmix(nn.Module):
         out_channels: int,
         stride: int = 1,
         kernel_att: int = 7,
-        heads: int = 4,
+        num_heads: int | None = None,
         kernel_conv: int = 3,
+        *,
+        heads: int | None = None,
+        head: int | None = None,
     ) -> None:
         super().__init__()
         owner = "ACmix"
+        heads = _num_heads(num_heads, heads if head is None else head, owner)
         for name, value in (
             ("in_channels", in_channels),
             ("out_channels", out_channels),
             ("stride", stride),
             ("kernel_att", kernel_att),
-            ("heads", heads),
             ("kernel_conv", kernel_conv),
         ):
             check_positive_int(value, name, owner)
-        if out_channels % heads:
-            raise ValueError(
-                f"{owner}: 'out_channels' ({out_channels}) must be divisible by 'heads' ({heads})"
-            )
+        resolve_num_heads(out_channels, heads, 1, owner, "out_channels")
         for name, value in (("kernel_att", kernel_att), ("kernel_conv", kernel_conv)):
             if value % 2 == 0:
                 raise ValueError(f"{owner}: '{name}' must be odd (centred window), got {value}")
@@ -221,7 +245,7 @@ class ACmix(nn.Module):
         self.out_channels = out_channels
         self.stride = stride
         self.kernel_att = kernel_att
-        self.heads = heads
+        self.num_heads = heads
         self.kernel_conv = kernel_conv
         self.head_dim = out_channels // heads
         self.scale = self.head_dim**-0.5
@@ -266,7 +290,7 @@ class ACmix(nn.Module):
         pixel each slot reads): the hook that visualisation reads.
         """
         b, _, h, w = qkv.shape
-        n, d = self.heads, self.head_dim
+        n, d = self.num_heads, self.head_dim
         q, key, v = qkv.view(b, 3, n, d, h, w).unbind(1)  # (B, N, d, H, W) views
         # q_c . (k_j + pe_c - pe_j) = q_c . (k_j - pe_j) + a term constant over the window of c.
         key = key - self._position_encoding(h, w, qkv)
@@ -306,13 +330,18 @@ class ACmix(nn.Module):
         b, _, h, w = x.shape
         qkv = self.qkv(x).contiguous()  # channels-last inputs give channels-last projections
         out_att = self.attention(qkv)
-        out_conv = self.conv_path(qkv.view(b, 3 * self.heads, self.head_dim, h, w))
+        out_conv = self.conv_path(qkv.view(b, 3 * self.num_heads, self.head_dim, h, w))
         return self.rate1 * out_att + self.rate2 * out_conv
+
+    @property
+    def heads(self) -> int:
+        """Alias of ``num_heads`` (the attribute's earlier name)."""
+        return self.num_heads
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
-            f"kernel_att={self.kernel_att}, heads={self.heads}, kernel_conv={self.kernel_conv}"
+            f"kernel_att={self.kernel_att}, num_heads={self.num_heads}, kernel_conv={self.kernel_conv}"
         )
 
     @torch.no_grad()
@@ -333,7 +362,7 @@ class ACmix(nn.Module):
             v_rows = slice(2 * self.out_channels, None)
             self.qkv.weight[v_rows].mul_(rate1)
             self.qkv.bias[v_rows].mul_(rate1)
-            self.conv_path.fc.weight[:, 2 * self.heads :].div_(rate1)
+            self.conv_path.fc.weight[:, 2 * self.num_heads :].div_(rate1)
             self.rate1.fill_(1.0)
 
     switch_to_deploy = reparameterize
@@ -413,7 +442,7 @@ class ACmixWindowAttention(WindowAttention):
                 f"{owner}: argument 'x' must be a non-empty (B, H, W, {self.dim}) map, "
                 f"got shape {tuple(x.shape)}"
             )
-        b, h, w, c = x.shape
+        _, h, w, c = x.shape
         ws = self.window_size
         if h % ws or w % ws:
             raise ValueError(
@@ -421,12 +450,21 @@ class ACmixWindowAttention(WindowAttention):
                 f"(the Swin block pads), got {h}x{w}"
             )
         qkv = self.qkv(x)  # (B, H, W, 3C)
-        heads, d = self.num_heads, self.head_dim
-        out_conv = self.conv_path(qkv.view(b, h, w, 3 * heads, d).permute(0, 3, 4, 1, 2))
         windows = window_partition(qkv, ws).view(-1, ws * ws, 3 * c)
         out_att = self.proj(self.attend(windows, mask))
-        out_att = window_reverse(out_att.view(-1, ws, ws, c), ws, h, w)
-        return self.proj_drop(self.rate1 * out_att + self.rate2 * out_conv.permute(0, 2, 3, 1))
+        return self.combine(window_reverse(out_att.view(-1, ws, ws, c), ws, h, w), qkv)
+
+    def combine(self, attended: Tensor, qkv: Tensor) -> Tensor:
+        """``proj_drop(rate1 * attended + rate2 * conv_path(qkv))``: the ACmix combination.
+
+        Args:
+            attended: (B, H, W, C) ``proj`` of the window attention, windows put back in place.
+            qkv: (B, H, W, 3C) the projections; the convolution path reads them on the whole map.
+        """
+        b, h, w, _ = qkv.shape
+        heads, d = self.num_heads, self.head_dim
+        out_conv = self.conv_path(qkv.view(b, h, w, 3 * heads, d).permute(0, 3, 4, 1, 2))
+        return self.proj_drop(self.rate1 * attended + self.rate2 * out_conv.permute(0, 2, 3, 1))
 
     @torch.no_grad()
     def reparameterize(self) -> None:

@@ -24,7 +24,18 @@ from torch import nn
 from ._checks import check_feature_map, check_positive_int
 from .fused_attention import scaled_dot_product_attention
 
-__all__ = ["GlobalSelfAttention2d", "MultiheadSelfAttention"]
+__all__ = ["GlobalSelfAttention2d", "MultiheadSelfAttention", "resolve_num_heads"]
+
+
+def _packed_weights(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) from packed (B, N, 3C) projections -> (B, heads, N, N).
+
+    The explicit form of what :func:`_packed_attention` lets SDPA compute (visualisation hook).
+    """
+    b, n, c3 = qkv.shape
+    head_dim = c3 // (3 * num_heads)
+    q, k, _ = qkv.view(b, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return ((q / math.sqrt(head_dim)) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
 def _packed_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -51,12 +62,8 @@ class MultiheadSelfAttention(nn.Module):
         self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True
     ) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(
-                f"MultiheadSelfAttention: 'dim' ({dim}) must be divisible by 'num_heads' ({num_heads})"
-            )
         self.dim = dim
-        self.num_heads = num_heads
+        self.num_heads = resolve_num_heads(dim, num_heads, 1, type(self).__name__, "dim")
         self.head_dim = dim // num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if qkv_bias else None
@@ -86,16 +93,60 @@ class MultiheadSelfAttention(nn.Module):
         qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias)
         return self.out_proj(_packed_attention(qkv, self.num_heads))
 
+    @torch.no_grad()
+    def attention_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The attention weights of (B, N, C) ``tokens``: (B, heads, N, N), rows sum to one."""
+        qkv = F.linear(tokens, self.in_proj_weight, self.in_proj_bias)
+        return _packed_weights(qkv, self.num_heads)
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
 
 
-def _default_num_heads(channels: int, head_dim: int) -> int:
-    """Largest divisor of ``channels`` not above ``channels // head_dim`` (at least 1)."""
-    heads = max(1, channels // head_dim)
-    while channels % heads:
-        heads -= 1
-    return heads
+def resolve_num_heads(
+    channels: int,
+    num_heads: int | None,
+    head_dim: int,
+    owner: str,
+    name: str = "channels",
+    *,
+    head_dim_name: str = "head_dim",
+    round_down: bool = False,
+) -> int:
+    """The head count of every attention in the library: ``num_heads`` if given, else from ``head_dim``.
+
+    ``num_heads`` must divide ``channels``. Without it the heads are ``channels / head_dim``, which
+    must be exact, or with ``round_down`` the largest divisor of ``channels`` not above
+    ``channels // head_dim`` (at least 1; :class:`GlobalSelfAttention2d`'s documented default).
+
+    Args:
+        channels: the attention width.
+        num_heads: explicit head count, or None.
+        head_dim: target channels per head when ``num_heads`` is None.
+        owner: the class named in error messages.
+        name: the argument that holds ``channels``, for error messages.
+        head_dim_name: the argument that holds ``head_dim``, for error messages.
+        round_down: round an inexact ``channels / head_dim`` down to a divisor instead of raising.
+    """
+    if num_heads is not None:
+        check_positive_int(num_heads, "num_heads", owner)
+        if channels % num_heads:
+            raise ValueError(
+                f"{owner}: '{name}' ({channels}) must be divisible by 'num_heads' ({num_heads})"
+            )
+        return num_heads
+    check_positive_int(head_dim, head_dim_name, owner)
+    if round_down:
+        heads = max(1, channels // head_dim)
+        while channels % heads:
+            heads -= 1
+        return heads
+    if channels % head_dim:
+        raise ValueError(
+            f"{owner}: '{name}' ({channels}) must be divisible by '{head_dim_name}' ({head_dim}); "
+            "pass 'num_heads' to choose the head count directly"
+        )
+    return channels // head_dim
 
 
 class GlobalSelfAttention2d(nn.Module):
@@ -143,15 +194,10 @@ class GlobalSelfAttention2d(nn.Module):
         self.out_channels = check_positive_int(out_channels, "out_channels", owner)
         self.stride = check_positive_int(stride, "stride", owner)
         check_positive_int(head_dim, "head_dim", owner)
-        if num_heads is None:
-            num_heads = _default_num_heads(in_channels, head_dim)
-        check_positive_int(num_heads, "num_heads", owner)
-        if in_channels % num_heads:
-            raise ValueError(
-                f"{owner}: 'num_heads' ({num_heads}) must divide 'in_channels' ({in_channels})"
-            )
-        self.num_heads = num_heads
-        self.head_dim = in_channels // num_heads
+        self.num_heads = resolve_num_heads(
+            in_channels, num_heads, head_dim, owner, "in_channels", round_down=True
+        )
+        self.head_dim = in_channels // self.num_heads
         self.qkv = nn.Linear(in_channels, 3 * in_channels, bias=qkv_bias)
         self.proj = nn.Linear(in_channels, out_channels)
 
@@ -164,6 +210,18 @@ class GlobalSelfAttention2d(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C_in)
         out = self.proj(_packed_attention(self.qkv(tokens), self.num_heads))
         return out.transpose(1, 2).reshape(b, self.out_channels, h, w)
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights for input ``x`` (the visualisation hook).
+
+        Returns:
+            (B, heads, N, N), N = H'W' pixels of the (pooled) map, row-major: row i holds query
+            pixel i's weights over all key pixels (sums to one).
+        """
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        return _packed_weights(self.qkv(x.flatten(2).transpose(1, 2)), self.num_heads)
 
     def extra_repr(self) -> str:
         return (

@@ -30,34 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_feature_map, check_positive_int
-from .attention import MultiheadSelfAttention
+from .attention import MultiheadSelfAttention, resolve_num_heads
 from .drop import DropPath
+from .layer_scale import layer_scale
+from .mlp import conv_mlp
 from .norm import LayerNorm2d
 from .pooling import adaptive_avg_pool2d
 
-__all__ = ["GLMix", "GLMixBlock"]
+__all__ = ["GLMix", "GLMixBlock", "check_block_options"]
 
 SLOT_INITS = ("ada_avgpool", "param")
-
-
-def _resolve_num_heads(
-    channels: int, num_heads: int | None, head_dim: int, owner: str, name: str
-) -> int:
-    """Heads of the slot MHSA: ``num_heads`` if given, else ``channels / head_dim`` (official: 32)."""
-    if num_heads is not None:
-        check_positive_int(num_heads, "num_heads", owner)
-        if channels % num_heads:
-            raise ValueError(
-                f"{owner}: '{name}' ({channels}) must be divisible by 'num_heads' ({num_heads})"
-            )
-        return num_heads
-    check_positive_int(head_dim, "head_dim", owner)
-    if channels % head_dim:
-        raise ValueError(
-            f"{owner}: '{name}' ({channels}) must be divisible by 'head_dim' ({head_dim}); "
-            "pass 'num_heads' to choose the head count directly"
-        )
-    return channels // head_dim
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -124,7 +106,7 @@ class GLMix(nn.Module):
         check_positive_int(num_slots, "num_slots", owner)
         _check_odd_kernel(local_kernel, "local_kernel", owner)
         check_choice(slot_init, "slot_init", SLOT_INITS, owner)
-        heads = _resolve_num_heads(in_channels, num_heads, head_dim, owner, "in_channels")
+        heads = resolve_num_heads(in_channels, num_heads, head_dim, owner, "in_channels")
         grid = math.isqrt(num_slots)
         if slot_init == "ada_avgpool" and grid * grid != num_slots:
             raise ValueError(
@@ -224,27 +206,44 @@ class GLMix(nn.Module):
         )
 
 
-class _ResidualDepthwiseConv(nn.Conv2d):
-    """``h + DWConv_kxk(h)`` with bias: the optional positional conv inside the GLNet-4G MLP."""
+def check_block_options(
+    owner: str,
+    dim: int,
+    mlp_ratio: float,
+    cpe_kernel: int,
+    layerscale: float | None,
+    drop_path: float,
+) -> int:
+    """Validate the options every GLNet block shares; return the MLP hidden width.
 
-    def __init__(self, channels: int, kernel_size: int = 3) -> None:
-        super().__init__(
-            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=True
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + super().forward(x)
-
-
-class _LayerScale2d(nn.Module):
-    """Per-channel scale ``gamma`` (1, C, 1, 1) of an NCHW residual branch."""
-
-    def __init__(self, channels: int, init_value: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), float(init_value)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
+    Args:
+        owner: the class named in error messages.
+        dim: block width C.
+        mlp_ratio: MLP hidden width ``int(mlp_ratio * dim)``, at least 1.
+        cpe_kernel: 0 (no conv position embedding) or an odd kernel.
+        layerscale: None or a positive initial LayerScale value.
+        drop_path: stochastic-depth rate in [0, 1).
+    """
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
+        raise ValueError(f"{owner}: 'mlp_ratio' must be a positive number, got {mlp_ratio!r}")
+    hidden = int(mlp_ratio * dim)
+    if hidden < 1:
+        raise ValueError(f"{owner}: 'mlp_ratio' must give >= 1 hidden channel, got {mlp_ratio!r}")
+    if cpe_kernel != 0:
+        _check_odd_kernel(cpe_kernel, "cpe_kernel", owner)
+    if layerscale is not None and (
+        isinstance(layerscale, bool)
+        or not isinstance(layerscale, (int, float))
+        or not layerscale > 0
+    ):
+        raise ValueError(f"{owner}: 'layerscale' must be None or > 0, got {layerscale!r}")
+    if (
+        isinstance(drop_path, bool)
+        or not isinstance(drop_path, (int, float))
+        or not (0.0 <= drop_path < 1.0)
+    ):
+        raise ValueError(f"{owner}: 'drop_path' must be in [0, 1), got {drop_path!r}")
+    return hidden
 
 
 class GLMixBlock(GLMix):
@@ -290,28 +289,8 @@ class GLMixBlock(GLMix):
     ) -> None:
         owner = type(self).__name__
         check_positive_int(dim, "dim", owner)
-        _resolve_num_heads(dim, num_heads, head_dim, owner, "dim")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
-            raise ValueError(f"{owner}: 'mlp_ratio' must be a positive number, got {mlp_ratio!r}")
-        hidden = int(mlp_ratio * dim)
-        if hidden < 1:
-            raise ValueError(
-                f"{owner}: 'mlp_ratio' must give at least one hidden channel, got {mlp_ratio!r}"
-            )
-        if cpe_kernel != 0:
-            _check_odd_kernel(cpe_kernel, "cpe_kernel", owner)
-        if layerscale is not None and (
-            isinstance(layerscale, bool)
-            or not isinstance(layerscale, (int, float))
-            or not layerscale > 0
-        ):
-            raise ValueError(f"{owner}: 'layerscale' must be None or > 0, got {layerscale!r}")
-        if (
-            isinstance(drop_path, bool)
-            or not isinstance(drop_path, (int, float))
-            or not (0.0 <= drop_path < 1.0)
-        ):
-            raise ValueError(f"{owner}: 'drop_path' must be in [0, 1), got {drop_path!r}")
+        resolve_num_heads(dim, num_heads, head_dim, owner, "dim")
+        hidden = check_block_options(owner, dim, mlp_ratio, cpe_kernel, layerscale, drop_path)
         super().__init__(
             dim,
             dim,
@@ -330,14 +309,9 @@ class GLMixBlock(GLMix):
         )
         self.norm1 = LayerNorm2d(dim)
         self.norm2 = LayerNorm2d(dim)
-        self.mlp = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1),
-            _ResidualDepthwiseConv(hidden, 3) if mlp_dw else nn.Identity(),
-            nn.GELU(),
-            nn.Conv2d(hidden, dim, 1),
-        )
-        self.ls1 = _LayerScale2d(dim, layerscale) if layerscale is not None else nn.Identity()
-        self.ls2 = _LayerScale2d(dim, layerscale) if layerscale is not None else nn.Identity()
+        self.mlp = conv_mlp(dim, hidden, mlp_dw)
+        self.ls1 = layer_scale(dim, layerscale, channels_last=False)
+        self.ls2 = layer_scale(dim, layerscale, channels_last=False)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

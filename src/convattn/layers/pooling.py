@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._window_tiles import is_tracing
+from .tracing import is_tracing
 
 __all__ = ["adaptive_avg_pool2d", "pooling_matrix"]
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ._checks import check_positive_int
+from .attention import resolve_num_heads
 from .fused_attention import scaled_dot_product_attention
 
 __all__ = [
@@ -109,6 +110,9 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift: int) -
 class WindowAttention(nn.Module):
     """Multi-head self-attention within windows, with a learned relative position bias.
 
+    Export: ``fixed_input_size_reason`` says why a graph holding it cannot take a dynamic input
+    size (read by :func:`convattn.deploy.export.dynamic_size_blockers`).
+
     ``forward`` takes windows of tokens (B * nW, N = w*w, C) and an optional additive mask
     (nW, N, N) from :func:`shifted_window_mask`; logits are ``q k^T / sqrt(head_dim)`` plus
     ``relative_position_bias_table[relative_position_index]`` (per head) plus the mask. The
@@ -124,6 +128,11 @@ class WindowAttention(nn.Module):
         proj_drop: dropout probability after the output projection (training only).
     """
 
+    fixed_input_size_reason = (
+        "Swin window attention pads each map to a multiple of the window, clamps the window "
+        "on small maps and builds its shift masks from the map size"
+    )
+
     def __init__(
         self,
         dim: int,
@@ -137,11 +146,7 @@ class WindowAttention(nn.Module):
         owner = type(self).__name__
         check_positive_int(dim, "dim", owner)
         check_positive_int(window_size, "window_size", owner)
-        check_positive_int(num_heads, "num_heads", owner)
-        if dim % num_heads:
-            raise ValueError(
-                f"{owner}: 'dim' ({dim}) must be divisible by 'num_heads' ({num_heads})"
-            )
+        resolve_num_heads(dim, num_heads, 1, owner, "dim")
         for name, p in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{owner}: '{name}' must be in [0, 1), got {p!r}")
@@ -167,6 +172,53 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
+    def _logit_bias(
+        self, bw: int, n: int, mask: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Relative position bias plus the optional shift mask, (B * nW, heads, N, N)."""
+        heads = self.num_heads
+        attn_mask = self.relative_position_bias().to(dtype)  # (h, N, N)
+        # The mask is given SDPA with the full batch dimension: its fused CPU kernel is then used,
+        # about 2x faster than the unfused path it takes for a broadcast (h, N, N) mask.
+        if mask is None:
+            return attn_mask.expand(bw, -1, -1, -1)
+        nw = mask.shape[0]
+        if mask.shape != (nw, n, n) or bw % nw:
+            raise ValueError(
+                f"{type(self).__name__}: argument 'mask' must have shape (nW, {n}, {n}) with "
+                f"nW dividing the number of windows {bw}, got {tuple(mask.shape)}"
+            )
+        attn_mask = attn_mask + mask.to(dtype).unsqueeze(1)  # (nW, h, N, N)
+        # windows are image-major: window i of the batch uses mask i % nW
+        return attn_mask.expand(bw // nw, -1, -1, -1, -1).reshape(bw, heads, n, n)
+
+    def attention_weights(
+        self, qkv: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The softmax weights :meth:`attend` applies to the values (the visualisation hook).
+
+        Args:
+            qkv: (B * nW, N, 3C) projected windows, as for :meth:`attend`.
+            mask: optional (nW, N, N) additive mask.
+
+        Returns:
+            (B * nW, heads, N, N): row t holds query token t's weights over the window's tokens
+            (row-major), summing to one.
+        """
+        bw, n, _ = qkv.shape
+        q, k, _ = qkv.view(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        return (logits + self._logit_bias(bw, n, mask, logits.dtype)).softmax(dim=-1)
+
+    def combine(self, attended: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        """The module's output from the projected attention map: ``proj_drop(attended)``.
+
+        Args:
+            attended: (B, H, W, C) ``proj`` of the window attention, windows put back in place.
+            qkv: (B, H, W, 3C) the projections it came from (used by ACmix's convolution path).
+        """
+        return self.proj_drop(attended)
+
     def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of already projected windows, before the output projection.
 
@@ -180,21 +232,7 @@ class WindowAttention(nn.Module):
         bw, n, _ = qkv.shape
         heads, hd = self.num_heads, self.head_dim
         q, k, v = qkv.view(bw, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, h, N, d)
-        attn_mask = self.relative_position_bias().to(q.dtype)  # (h, N, N)
-        # The mask is given SDPA with the full batch dimension: its fused CPU kernel is then used,
-        # about 2x faster than the unfused path it takes for a broadcast (h, N, N) mask.
-        if mask is not None:
-            nw = mask.shape[0]
-            if mask.shape != (nw, n, n) or bw % nw:
-                raise ValueError(
-                    f"{type(self).__name__}: argument 'mask' must have shape (nW, {n}, {n}) with "
-                    f"nW dividing the number of windows {bw}, got {tuple(mask.shape)}"
-                )
-            attn_mask = attn_mask + mask.to(q.dtype).unsqueeze(1)  # (nW, h, N, N)
-            # windows are image-major: window i of the batch uses mask i % nW
-            attn_mask = attn_mask.expand(bw // nw, -1, -1, -1, -1).reshape(bw, heads, n, n)
-        else:
-            attn_mask = attn_mask.expand(bw, -1, -1, -1)
+        attn_mask = self._logit_bias(bw, n, mask, q.dtype)
         out = scaled_dot_product_attention(
             q,
             k,

@@ -27,19 +27,25 @@ Self-attention", arXiv:2106.02253. No official code exists; this implements the 
 
   ``centre_modulated_conv2d`` / ``CentreModulatedConv2d``. Per-pixel kernels are never built: the
   dynamic part is a weighting of the products X[c,q]·X[c,q+δ], computed as for PSSA.
+
+This file holds the operator as the paper defines it (the training module first, then PSSA and the
+deploy forms). How the PSSA sums are computed fast on CPU (channels-last products, chunked in-place
+accumulation, float16 widening) and the tuned constants live in the private
+``_xvolution_kernels`` module; both routes give the same result.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_choice, check_feature_map, check_positive_int
-from .attention import GlobalSelfAttention2d
+from . import _xvolution_kernels as _kernels
+from ._checks import check_choice, check_drop_in, check_feature_map, check_positive_int
+from ._xvolution_kernels import directions_to_kernel, footprint_taps, tap_indices
+from .attention import GlobalSelfAttention2d, resolve_num_heads
 from .conv_bn import bn_scale_shift, fuse_conv_bn
 from .involution import Involution2d
 
@@ -76,577 +82,21 @@ NEIGHBOURS: tuple[Direction, ...] = pssa_directions()
 """The default D_1: the 8 neighbours at distance 1, centre excluded."""
 
 
-def _check_directions(directions: Sequence[Direction], owner: str) -> tuple[Direction, ...]:
-    """Distinct offsets inside the 3x3 window (L = 1), which the zero-filled shifts assume."""
-    dirs = tuple(tuple(d) for d in directions)
-    valid = all(len(d) == 2 and all(v in (-1, 0, 1) for v in d) for d in dirs)
-    if not dirs or not valid or len(set(dirs)) != len(dirs):
-        raise ValueError(
-            f"{owner}: 'directions' must be distinct (di, dj) offsets with di, dj in "
-            f"{{-1, 0, 1}}, got {directions!r}"
-        )
-    return dirs  # type: ignore[return-value]
+# Tuned constants of the CPU inference kernels (measured and explained in ``_xvolution_kernels``),
+# read at every call so that they can be moved (tests do, to run every chunking route).
+_PRODUCTS_CHUNK_BYTES = _kernels.PRODUCTS_CHUNK_BYTES
+_CHANNELS_LAST_MIN_PIXELS = _kernels.CHANNELS_LAST_MIN_PIXELS
 
 
-def _wide_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """float32 where second-order products would be formed in float16 (overflow past 65504).
-
-    bfloat16 has float32's range, so it is left alone (spec §2, mixed precision).
-    """
-    device = x.device.type
-    half_autocast = (
-        torch.amp.is_autocast_available(device)
-        and torch.is_autocast_enabled(device)
-        and torch.get_autocast_dtype(device) == torch.float16
-    )
-    return torch.float32 if x.dtype == torch.float16 or half_autocast else None
-
-
-def pixel_shift_products(
-    x: torch.Tensor, stride: int = 1, directions: Sequence[Direction] = NEIGHBOURS
-) -> torch.Tensor:
-    """Transformed features P_d = X ⊙ S_d(X) of §1.4, evaluated at the strided centres.
-
-    Args:
-        x: (B, C, H, W) input.
-        stride: evaluate at centres ``q = stride · p`` only.
-        directions: offsets d with |di|, |dj| <= 1; S_d fills with zeros outside the image.
-
-    Returns:
-        (B, |D|, C, ceil(H/stride), ceil(W/stride)), direction-major, so that ``flatten(1, 2)`` is
-        the spec's channel concatenation of the maps P_d. The memory is channels-last
-        (B, Ho, Wo, |D|, C): the 1x1 weighting then runs as one GEMM over |D|·C contiguous
-        channels, about twice as fast on CPU (oneDNN) as from planar maps.
-    """
-    directions = _check_directions(directions, "pixel_shift_products")
-    h, w = x.shape[-2:]
-    out = _products_from_padded(_pad_nhwc(x), -(-h // stride), -(-w // stride), stride, directions)
-    return out.permute(0, 3, 4, 1, 2)
-
-
-def _pad_nhwc(x: torch.Tensor) -> torch.Tensor:
-    """(B, H+2, W+2, C): the zero fill of S_d (as the conv's zero padding), channels last."""
-    return F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
-
-
-def _products_from_padded(
-    padded: torch.Tensor,
-    rows: int,
-    cols: int,
-    stride: int,
-    directions: Sequence[Direction],
-    buffer: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(b, rows, cols, |D|, C) products at the centres ``padded[:, 1 + s·i, 1 + s·j]``."""
-
-    def neighbour(d: Direction) -> torch.Tensor:
-        return padded[:, 1 + d[0] :: stride, 1 + d[1] :: stride][:, :rows, :cols]
-
-    centre = neighbour((0, 0))
-    if (torch.is_grad_enabled() and padded.requires_grad) or torch.compiler.is_compiling():
-        # Traced graphs get the functional form (compilers reject ``out=`` into strided slices).
-        return torch.stack([centre * neighbour(d) for d in directions], dim=3)
-    # Inference: write each product straight into its slot, no temporaries.
-    shape = (*centre.shape[:3], len(directions), centre.shape[3])
-    out = padded.new_empty(shape) if buffer is None else buffer[: math.prod(shape)].view(shape)
-    for i, d in enumerate(directions):
-        torch.mul(centre, neighbour(d), out=out[:, :, :, i])
-    return out
-
-
-# Inference on CPU forms the products in chunks of at most this many bytes, reusing one buffer:
-# a single larger temporary (glibc serves > 32 MB by mmap) is page-faulted afresh at every call,
-# which cost more than the GEMM itself at 64ch@56x56 batch 8 (51 MB of products). Measured 4-32 MB
-# on 2 cores: larger chunks (fewer, bigger ops) were slightly faster, 16 MB keeps a margin.
-_PRODUCTS_CHUNK_BYTES = 16 << 20
-
-# The deploy form switches planar (NCHW) inputs to channels-last from this many output pixels on:
-# oneDNN's channels-last 3x3 conv was 10-50% faster at 28x28 and 56x56 (batch 8, 2 cores) but
-# slower at 7x7, where the planar conv plus the in-place PSSA accumulation wins.
-_CHANNELS_LAST_MIN_PIXELS = 28 * 28
-
-
-def _pssa(
-    x: torch.Tensor,
-    weights: torch.Tensor,
-    stride: int,
-    directions: Sequence[Direction],
-    accumulate: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Σ_d Σ_c W_d[o,c] X[c,q] X[c,q+d] (§1.4), optionally added in place into ``accumulate``.
-
-    ``weights`` are per direction: (C_out, C_in, |D|) for a full weighting, one 1x1 conv over the
-    stacked products; or (C, 1, |D|) diagonal, computed as X[c,q] · (depthwise conv of X)[c,q].
-    Float16 work runs in float32 (spec §2: the products are second order and overflow 65504).
-    """
-    wide = _wide_dtype(x)
-    if wide is not None:
-        with torch.autocast(x.device.type, enabled=False):
-            out = _pssa(x.to(wide), weights.to(wide), stride, directions).to(x.dtype)
-        return out if accumulate is None else accumulate + out
-    if weights.shape[1] == 1 and x.shape[1] > 1:
-        kernel = directions_to_kernel(weights, directions, 3)
-        centre = x[:, :, ::stride, ::stride]
-        out = centre * F.conv2d(x, kernel, None, stride, 1, groups=x.shape[1])
-        return out if accumulate is None else accumulate.add_(out)
-
-    # Direction-major input channels, matching the products' layout (a view for PSSA's weight).
-    pointwise = weights.transpose(1, 2).reshape(weights.shape[0], -1, 1, 1)
-    if not _chunked_inference(x, weights):
-        out = F.conv2d(pixel_shift_products(x, stride, directions).flatten(1, 2), pointwise)
-        return out if accumulate is None else accumulate.add_(out)
-
-    b, _, h, w = x.shape
-    rows, cols = -(-h // stride), -(-w // stride)
-    if accumulate is None:
-        # Channels-last, the layout the chunk GEMMs produce: the copies are contiguous.
-        accumulate = x.new_empty(b, rows, cols, weights.shape[0]).permute(0, 3, 1, 2)
-        return _add_pssa_chunks_(accumulate, _pad_nhwc(x), pointwise, stride, directions, False)
-    return _add_pssa_chunks_(accumulate, _pad_nhwc(x), pointwise, stride, directions, True)
-
-
-def _chunked_inference(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether the eager CPU inference path (chunked products, in-place accumulation) applies.
-
-    Not under autograd (it writes into buffers) and not while traced by torch.compile /
-    torch.export: its Python loop over chunks would bake the batch and map size into the graph.
-    """
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights)))
-
-
-def _add_pssa_chunks_(
-    out: torch.Tensor,
-    padded: torch.Tensor,
-    pointwise: torch.Tensor,
-    stride: int,
-    directions: Sequence[Direction],
-    accumulate: bool,
-) -> torch.Tensor:
-    """``out += PSSA`` (or ``out = PSSA``), forming the products chunk by chunk in one buffer.
-
-    Args:
-        out: (B, C_out, rows, cols), written in place (channels-last memory is fastest).
-        padded: (B, ·, ·, C_in) channels-last input with a one-pixel zero border around the
-            pixels the products read (``_pad_nhwc``).
-        pointwise: (C_out, |D|·C_in, 1, 1) direction-major weight.
-    """
-    b, _, rows, cols = out.shape
-    c = padded.shape[-1]
-    row_bytes = cols * len(directions) * c * padded.element_size()
-    chunk_rows = max(1, min(rows, _PRODUCTS_CHUNK_BYTES // row_bytes))
-    chunk_images = max(1, min(b, _PRODUCTS_CHUNK_BYTES // (row_bytes * rows)))
-    if chunk_rows < rows:
-        chunk_images = 1
-    buffer = padded.new_empty(chunk_images * chunk_rows * row_bytes // padded.element_size())
-    write = torch.Tensor.add_ if accumulate else torch.Tensor.copy_
-    for b0 in range(0, b, chunk_images):
-        for r0 in range(0, rows, chunk_rows):
-            r1 = min(rows, r0 + chunk_rows)
-            window = padded[b0 : b0 + chunk_images, stride * r0 : stride * (r1 - 1) + 3]
-            products = _products_from_padded(window, r1 - r0, cols, stride, directions, buffer)
-            chunk = F.conv2d(products.flatten(3).permute(0, 3, 1, 2), pointwise)
-            write(out[b0 : b0 + chunk_images, :, r0:r1], chunk)
-    return out
-
-
-def _tap_indices(directions: Sequence[Direction], kernel_size: int) -> list[int]:
-    """Flat K*K tap index of each offset d (tap d + K//2, row-major)."""
-    r = kernel_size // 2
-    return [(di + r) * kernel_size + (dj + r) for di, dj in directions]
-
-
-def directions_to_kernel(
-    weights: torch.Tensor, directions: Sequence[Direction], kernel_size: int
-) -> torch.Tensor:
-    """Lay per-direction weights onto the taps of a KxK kernel (zero at taps outside D).
-
-    Args:
-        weights: (..., |D|), the last dim ordered as ``directions``.
-        directions: the offsets d; each must lie inside the KxK window.
-        kernel_size: K (odd).
-
-    Returns:
-        (..., K, K) with ``out[..., d + K//2] = weights[..., i_d]``. Differentiable.
-    """
-    index = torch.tensor(_tap_indices(directions, kernel_size), device=weights.device)
-    kernel = weights.new_zeros(*weights.shape[:-1], kernel_size * kernel_size)
-    return kernel.index_copy(-1, index, weights).unflatten(-1, (kernel_size, kernel_size))
-
-
-def fuse_xvolution_kernels(
-    conv_weight: torch.Tensor,
-    conv_bn: nn.BatchNorm2d,
-    pssa_weights: torch.Tensor,
-    attn_bn: nn.BatchNorm2d,
-    directions: Sequence[Direction],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fold both BatchNorms of the training form into one dynamic convolution (§3, step 1).
-
-    Args:
-        conv_weight: (C_out, C_in, K, K), the conv branch (no bias).
-        conv_bn: the conv branch's BatchNorm (running statistics are used).
-        pssa_weights: W^a per direction, (C_out, C_in, |D|), or (C, 1, |D|) for a depthwise
-            (diagonal) weighting.
-        attn_bn: the PSSA branch's BatchNorm.
-        directions: the offsets d, in the order of ``pssa_weights``' last dim.
-
-    Returns:
-        ``(static, dynamic, bias)``: the static kernel Ŵ^s (C_out, C_in, K, K), the dynamic kernel
-        Ŵ^a laid out on the KxK taps (C_out, C_in or 1, K, K; zero outside D) and the bias (C_out,).
-        Differentiable.
-    """
-    static, conv_bias = fuse_conv_bn(conv_weight, None, conv_bn)
-    dynamic, attn_bias = fuse_conv_bn(pssa_weights, None, attn_bn)
-    dynamic = directions_to_kernel(dynamic, directions, conv_weight.shape[-1])
-    return static, dynamic, conv_bias + attn_bias
-
-
-def centre_modulated_conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    dynamic_weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: int = 1,
-    directions: Sequence[Direction] = NEIGHBOURS,
-) -> torch.Tensor:
-    """The deployed X-volution (§3): a KxK conv whose kernel is modulated by the centre pixel.
-
-    ``Y[o,p] = b[o] + Σ_{c,δ} (W[o,c,δ] + 1[δ∈D] · W_dyn[o,c,δ] · X[c,q]) · X[c,q+δ]``, q = s·p,
-    zero padding K//2. Computed exactly as ``conv2d(X, W) + Σ_d W_dyn_d · (X ⊙ S_d X)``, i.e. one
-    conv plus one GEMM over the stacked products (never per-pixel kernels).
-
-    Args:
-        x: (B, C_in, H, W).
-        weight: static kernel (C_out, C_in, K, K).
-        dynamic_weight: (C_out, C_in, K, K), or (C_in, 1, K, K) for a depthwise (diagonal) dynamic
-            part (then C_out = C_in). Taps outside ``directions`` are ignored (the indicator 1[δ∈D]).
-        bias: (C_out,) or None.
-        stride: s.
-        directions: the footprint D (offsets with |di|, |dj| <= 1).
-
-    Returns:
-        (B, C_out, ceil(H/s), ceil(W/s)).
-    """
-    directions = _check_directions(directions, "centre_modulated_conv2d")
-    return _centre_modulated(
-        x, weight, _footprint_taps(dynamic_weight, directions), bias, stride, directions
+def _tuning() -> dict[str, int]:
+    return dict(
+        chunk_bytes=_PRODUCTS_CHUNK_BYTES, channels_last_min_pixels=_CHANNELS_LAST_MIN_PIXELS
     )
 
 
-def _centre_modulated(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    taps: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: int,
-    directions: Sequence[Direction],
-) -> torch.Tensor:
-    """``centre_modulated_conv2d`` with the dynamic kernel already gathered on D (``taps``)."""
-    padding = weight.shape[-1] // 2
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    large = x.shape[-2] * x.shape[-1] >= _CHANNELS_LAST_MIN_PIXELS * stride * stride
-    if (
-        taps.shape[1] == 1
-        or not (channels_last or large)
-        or _wide_dtype(x) is not None
-        or not _chunked_inference(x, weight, taps)
-    ):
-        out = F.conv2d(x, weight, bias, stride, padding)
-        return _pssa(x, taps, stride, directions, accumulate=out)
-    # Eager CPU inference on larger maps: one channels-last zero-padded copy of x feeds both
-    # GEMMs; the conv's output is channels-last too, so the PSSA chunks add into contiguous
-    # slices.
-    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))
-    out = F.conv2d(padded.permute(0, 3, 1, 2), weight, bias, stride)
-    border = padding - 1  # the products need a one-pixel border only
-    inner = padded[:, border : padded.shape[1] - border, border : padded.shape[2] - border]
-    pointwise = taps.transpose(1, 2).reshape(taps.shape[0], -1, 1, 1)
-    _add_pssa_chunks_(out, inner, pointwise, stride, directions, True)
-    # Like nn.Conv2d, the output follows the input's memory format.
-    return out if channels_last else out.contiguous()
-
-
-def _footprint_taps(dynamic_weight: torch.Tensor, directions: Sequence[Direction]) -> torch.Tensor:
-    """(O, C or 1, |D|): the dynamic kernel at the taps of D, i.e. 1[δ∈D] applied.
-
-    Gathered in (O, |D|, C) memory order, so the GEMM weight that ``_pssa`` builds is a view.
-    """
-    k = dynamic_weight.shape[-1]
-    index = torch.tensor(_tap_indices(directions, k), device=dynamic_weight.device)
-    return dynamic_weight.flatten(2).transpose(1, 2).index_select(1, index).transpose(1, 2)
-
-
-def _check_kernel_size(kernel_size: object, owner: str) -> int:
-    check_positive_int(kernel_size, "kernel_size", owner)
-    if kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(
-            f"{owner}: 'kernel_size' must be odd and >= 3 so that the 3x3 PSSA footprint lies "
-            f"inside the conv kernel (needed for the merge), got {kernel_size}"
-        )
-    return kernel_size  # type: ignore[return-value]
-
-
-class PixelShiftAttention(nn.Module):
-    """Pixel Shift Self-Attention (§1.4): weighted products of each pixel with its neighbours.
-
-    No softmax, no scaling, no q/k projections: the branch's BatchNorm (in ``XVolution``) is its only
-    normalisation.
-
-    Args:
-        in_channels: C_in.
-        out_channels: C_out.
-        stride: the products are evaluated at the centres ``stride · p``.
-        weighting: ``"full"`` (one C_out x C_in pointwise weight per direction, i.e. a 1x1 conv over
-            the concatenated products, ``|D|·C_in -> C_out``), ``"depthwise"`` (one weight per
-            channel and direction) or ``"none"`` (plain sum over directions). The last two need
-            ``in_channels == out_channels``.
-        include_center: add the d = (0, 0) term X ⊙ X.
-
-    Attributes:
-        weight: ``"full"``: (C_out, |D|·C_in, 1, 1), input channels direction-major (d·C_in + c);
-            ``"depthwise"``: (C, 1, |D|). ``"none"`` keeps a constant all-ones buffer of that shape
-            (not in the state dict).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: int = 1,
-        weighting: str = "full",
-        include_center: bool = False,
-    ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        check_positive_int(in_channels, "in_channels", owner)
-        check_positive_int(out_channels, "out_channels", owner)
-        check_positive_int(stride, "stride", owner)
-        check_choice(weighting, "pssa_weighting", PSSA_WEIGHTINGS, owner)
-        if weighting != "full" and in_channels != out_channels:
-            raise ValueError(
-                f"{owner}: pssa_weighting={weighting!r} needs in_channels == out_channels, got "
-                f"{in_channels} -> {out_channels}; use pssa_weighting='full'"
-            )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = stride
-        self.weighting = weighting
-        self.directions = pssa_directions(include_center)
-        n = len(self.directions)
-        if weighting == "full":
-            self.weight = nn.Parameter(torch.empty(out_channels, n * in_channels, 1, 1))
-        elif weighting == "depthwise":
-            self.weight = nn.Parameter(torch.empty(out_channels, 1, n))
-        else:
-            self.register_buffer("weight", torch.ones(out_channels, 1, n), persistent=False)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if isinstance(self.weight, nn.Parameter):
-            nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-
-    def direction_weights(self) -> torch.Tensor:
-        """W^a per direction: (C_out, C_in, |D|), or (C, 1, |D|) for depthwise / none."""
-        if self.weighting == "full":
-            return self.weight.view(self.out_channels, len(self.directions), -1).transpose(1, 2)
-        return self.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.in_channels, type(self).__name__)
-        return _pssa(x, self.direction_weights(), self.stride, self.directions)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
-            f"weighting={self.weighting!r}, directions={len(self.directions)}"
-        )
-
-
-class CentreModulatedConv2d(nn.Module):
-    """The deploy form of X-volution with PSSA (§3): one dynamic KxK convolution.
-
-    Kernel at output pixel p: ``weight + 1[δ∈D] · dynamic_weight · X[:, s·p]`` (channel-wise
-    modulation by the centre pixel), plus ``bias``. See :func:`centre_modulated_conv2d`.
-
-    Args:
-        in_channels: C_in.
-        out_channels: C_out.
-        kernel_size: K, odd and >= 3.
-        stride: s.
-        directions: the footprint D of the dynamic part (default: the 8 neighbours).
-        depthwise_dynamic: store the dynamic kernel as (C, 1, K, K) (diagonal in channels).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        directions: Sequence[Direction] = NEIGHBOURS,
-        depthwise_dynamic: bool = False,
-    ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        check_positive_int(in_channels, "in_channels", owner)
-        check_positive_int(out_channels, "out_channels", owner)
-        check_positive_int(stride, "stride", owner)
-        _check_kernel_size(kernel_size, owner)
-        if depthwise_dynamic and in_channels != out_channels:
-            raise ValueError(
-                f"{owner}: 'depthwise_dynamic' needs in_channels == out_channels, got "
-                f"{in_channels} -> {out_channels}"
-            )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.directions = _check_directions(directions, owner)
-        dyn_in = 1 if depthwise_dynamic else in_channels
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.dynamic_weight = nn.Parameter(
-            torch.empty(out_channels, dyn_in, kernel_size, kernel_size)
-        )
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        self._footprint_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-        taps = torch.empty(*self.dynamic_weight.shape[:2], len(self.directions))
-        nn.init.kaiming_normal_(taps, mode="fan_out", nonlinearity="relu")
-        self.dynamic_weight.copy_(directions_to_kernel(taps, self.directions, self.kernel_size))
-        nn.init.zeros_(self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.in_channels, type(self).__name__)
-        taps = self._footprint()
-        return _centre_modulated(x, self.weight, taps, self.bias, self.stride, self.directions)
-
-    def _footprint(self) -> torch.Tensor:
-        """``_footprint_taps`` of ``dynamic_weight``, cached while it does not change (inference).
-
-        The cache holds the source tensor, so its storage cannot be freed and its address reused;
-        in-place updates (``load_state_dict``, optimiser steps) bump ``_version``.
-        """
-        w = self.dynamic_weight
-        if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
-            return _footprint_taps(w, self.directions)
-        cached = self._footprint_cache
-        if cached is None or cached[0].data_ptr() != w.data_ptr() or cached[1] != w._version:
-            source = w.detach()
-            cached = (source, w._version, _footprint_taps(source, self.directions))
-            self._footprint_cache = cached
-        return cached[2]
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, directions={len(self.directions)}, "
-            f"depthwise_dynamic={self.dynamic_weight.shape[1] == 1 and self.in_channels > 1}"
-        )
-
-
-class InvolutionModulatedConv2d(nn.Module):
-    """The deploy form of X-volution with an Involution branch: one dynamic convolution.
-
-    With H the involution's generated kernels (``Involution2d.generate_kernels``, K_i x K_i taps
-    per group g, from the input average-pooled by the stride), P its output projection (identity
-    when C_in == C_out) and a = ``dynamic_scale``, the kernel at output pixel p is::
-
-        K_p[o, c, δ] = W[o, c, δ] + a[o] · P[o, c] · H[g(c), δ, p]      (δ over max(K, K_i)²)
-        Y[o, p]     = b[o] + Σ_{c, δ} K_p[o, c, δ] · X[c, s·p + δ]       (zero padding)
-
-    where W (``weight``, K x K) is zero outside its window. It is computed as
-    ``conv2d(X, W) + b + a ⊙ Involution(X)``, never building per-pixel kernels;
-    :meth:`dynamic_kernels` builds them (for tests and visualisation).
-
-    Args:
-        in_channels: C_in.
-        out_channels: C_out.
-        kernel_size: K of the static part (odd).
-        stride: s.
-        involution_kernel_size: K_i (odd).
-        involution_group_channels: channels sharing one generated kernel.
-        involution_reduction: channel reduction of the kernel generator.
-
-    Submodules / keys: ``weight``, ``bias``, ``dynamic_scale`` (C_out,), ``involution`` (an
-    :class:`~convattn.layers.involution.Involution2d` with its generator BN folded).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        *,
-        involution_kernel_size: int = 7,
-        involution_group_channels: int = 16,
-        involution_reduction: int = 4,
-    ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        check_positive_int(in_channels, "in_channels", owner)
-        check_positive_int(out_channels, "out_channels", owner)
-        check_positive_int(stride, "stride", owner)
-        check_positive_int(kernel_size, "kernel_size", owner)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"{owner}: 'kernel_size' must be odd, got {kernel_size}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.dynamic_scale = nn.Parameter(torch.ones(out_channels))
-        self.involution = Involution2d(
-            in_channels,
-            out_channels,
-            stride,
-            kernel_size=involution_kernel_size,
-            group_channels=involution_group_channels,
-            reduction=involution_reduction,
-            deploy=True,
-        )
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.in_channels, type(self).__name__)
-        out = F.conv2d(x, self.weight, self.bias, self.stride, self.kernel_size // 2)
-        return out.addcmul(self.involution(x), self.dynamic_scale.view(1, -1, 1, 1))
-
-    def dynamic_kernels(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-pixel kernels K_p, (B, C_out, C_in, K', K', ceil(H/s), ceil(W/s)) with
-        K' = max(K, K_i). Memory grows as C_out·C_in·K'²·pixels: small inputs only."""
-        inv = self.involution
-        k = max(self.kernel_size, inv.kernel_size)
-        generated = inv.generate_kernels(x)  # (B, G, K_i², Ho, Wo)
-        b, _, _, ho, wo = generated.shape
-        per_channel = generated.repeat_interleave(self.in_channels // inv.groups, dim=1)
-        per_channel = per_channel.view(
-            b, self.in_channels, inv.kernel_size, inv.kernel_size, ho, wo
-        )
-        if isinstance(inv.proj, nn.Conv2d):
-            mix = inv.proj.weight.flatten(1)
-        else:
-            mix = torch.eye(self.in_channels, dtype=x.dtype, device=x.device)
-        mix = self.dynamic_scale.view(-1, 1) * mix  # (C_out, C_in)
-        dynamic = mix.view(1, *mix.shape, 1, 1, 1, 1) * per_channel.unsqueeze(1)
-        pad_dyn = (k - inv.kernel_size) // 2
-        pad_static = (k - self.kernel_size) // 2
-        dynamic = F.pad(dynamic.movedim((3, 4), (5, 6)), (pad_dyn,) * 4).movedim((5, 6), (3, 4))
-        static = F.pad(self.weight, (pad_static,) * 4)
-        return dynamic + static.view(1, *static.shape, 1, 1)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, involution_kernel_size={self.involution.kernel_size}"
-        )
+# --------------------------------------------------------------------------------------------------
+# §2 the training module, and its re-parameterisation (§3)
+# --------------------------------------------------------------------------------------------------
 
 
 class XVolution(nn.Module):
@@ -713,9 +163,7 @@ class XVolution(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_positive_int(in_channels, "in_channels", owner)
-        check_positive_int(out_channels, "out_channels", owner)
-        check_positive_int(stride, "stride", owner)
+        check_drop_in(owner, in_channels, out_channels, stride)
         _check_kernel_size(kernel_size, owner)
         check_choice(attention, "attention", ATTENTIONS, owner)
         check_choice(pssa_weighting, "pssa_weighting", PSSA_WEIGHTINGS, owner)
@@ -745,16 +193,12 @@ class XVolution(nn.Module):
             )
 
         if attention == "sa":
-            check_positive_int(sa_head_dim, "sa_head_dim", owner)
-            if in_channels % sa_head_dim != 0:
-                raise ValueError(
-                    f"{owner}: the 'sa' branch attends at width in_channels ({in_channels}), "
-                    f"which must be divisible by 'sa_head_dim' ({sa_head_dim})"
-                )
-            # Same module in both forms: the deploy form folds the attention BN into `proj`.
-            self.attn = GlobalSelfAttention2d(
-                in_channels, out_channels, stride, num_heads=in_channels // sa_head_dim
+            # The 'sa' branch attends at width in_channels: in_channels / sa_head_dim heads.
+            heads = resolve_num_heads(
+                in_channels, None, sa_head_dim, owner, "in_channels", head_dim_name="sa_head_dim"
             )
+            # Same module in both forms: the deploy form folds the attention BN into `proj`.
+            self.attn = GlobalSelfAttention2d(in_channels, out_channels, stride, num_heads=heads)
         if attention == "involution":
             check_positive_int(involution_group_channels, "involution_group_channels", owner)
             if in_channels % involution_group_channels:
@@ -908,7 +352,7 @@ class XVolution(nn.Module):
             )
         static, dynamic, _ = self.get_equivalent_kernel_bias()
         dtype = torch.promote_types(x.dtype, torch.float32)
-        taps = dynamic.flatten(2)[:, :, _tap_indices(self.directions, self.kernel_size)]
+        taps = dynamic.flatten(2)[:, :, tap_indices(self.directions, self.kernel_size)]
         # Σ_{o,δ∈D} Ŵ^a[o,c,δ]² per input channel c; a depthwise kernel is indexed (c, 1, δ).
         reduce = (0, 2) if self.pssa_weighting == "full" else (1, 2)
         col_sq = taps.to(dtype).square().sum(dim=reduce)
@@ -926,3 +370,384 @@ class XVolution(nn.Module):
             f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
             f"kernel_size={self.kernel_size}, {opts}"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# §1.4 Pixel Shift Self-Attention
+# --------------------------------------------------------------------------------------------------
+
+
+def pixel_shift_products(
+    x: torch.Tensor, stride: int = 1, directions: Sequence[Direction] = NEIGHBOURS
+) -> torch.Tensor:
+    """Transformed features P_d = X ⊙ S_d(X) of §1.4, evaluated at the strided centres.
+
+    Args:
+        x: (B, C, H, W) input.
+        stride: evaluate at centres ``q = stride · p`` only.
+        directions: offsets d with |di|, |dj| <= 1; S_d fills with zeros outside the image.
+
+    Returns:
+        (B, |D|, C, ceil(H/stride), ceil(W/stride)), direction-major, so that ``flatten(1, 2)`` is
+        the spec's channel concatenation of the maps P_d. The memory is channels-last
+        (B, Ho, Wo, |D|, C): the 1x1 weighting then runs as one GEMM over |D|·C contiguous
+        channels, about twice as fast on CPU (oneDNN) as from planar maps.
+    """
+    directions = _check_directions(directions, "pixel_shift_products")
+    h, w = x.shape[-2:]
+    padded = _kernels._pad_nhwc(x)
+    out = _kernels._products_from_padded(
+        padded, -(-h // stride), -(-w // stride), stride, directions
+    )
+    return out.permute(0, 3, 4, 1, 2)
+
+
+class PixelShiftAttention(nn.Module):
+    """Pixel Shift Self-Attention (§1.4): weighted products of each pixel with its neighbours.
+
+    No softmax, no scaling, no q/k projections: the branch's BatchNorm (in ``XVolution``) is its only
+    normalisation.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        stride: the products are evaluated at the centres ``stride · p``.
+        weighting: ``"full"`` (one C_out x C_in pointwise weight per direction, i.e. a 1x1 conv over
+            the concatenated products, ``|D|·C_in -> C_out``), ``"depthwise"`` (one weight per
+            channel and direction) or ``"none"`` (plain sum over directions). The last two need
+            ``in_channels == out_channels``.
+        include_center: add the d = (0, 0) term X ⊙ X.
+
+    Attributes:
+        weight: ``"full"``: (C_out, |D|·C_in, 1, 1), input channels direction-major (d·C_in + c);
+            ``"depthwise"``: (C, 1, |D|). ``"none"`` keeps a constant all-ones buffer of that shape
+            (not in the state dict).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        weighting: str = "full",
+        include_center: bool = False,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_drop_in(owner, in_channels, out_channels, stride)
+        check_choice(weighting, "pssa_weighting", PSSA_WEIGHTINGS, owner)
+        if weighting != "full" and in_channels != out_channels:
+            raise ValueError(
+                f"{owner}: pssa_weighting={weighting!r} needs in_channels == out_channels, got "
+                f"{in_channels} -> {out_channels}; use pssa_weighting='full'"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.weighting = weighting
+        self.directions = pssa_directions(include_center)
+        n = len(self.directions)
+        if weighting == "full":
+            self.weight = nn.Parameter(torch.empty(out_channels, n * in_channels, 1, 1))
+        elif weighting == "depthwise":
+            self.weight = nn.Parameter(torch.empty(out_channels, 1, n))
+        else:
+            self.register_buffer("weight", torch.ones(out_channels, 1, n), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if isinstance(self.weight, nn.Parameter):
+            nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def direction_weights(self) -> torch.Tensor:
+        """W^a per direction: (C_out, C_in, |D|), or (C, 1, |D|) for depthwise / none."""
+        if self.weighting == "full":
+            return self.weight.view(self.out_channels, len(self.directions), -1).transpose(1, 2)
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        chunk_bytes = _tuning()["chunk_bytes"]
+        return _kernels.pssa(
+            x, self.direction_weights(), self.stride, self.directions, None, chunk_bytes
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
+            f"weighting={self.weighting!r}, directions={len(self.directions)}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# §3 the deploy forms: fusion maths and the merged dynamic convolutions
+# --------------------------------------------------------------------------------------------------
+
+
+def fuse_xvolution_kernels(
+    conv_weight: torch.Tensor,
+    conv_bn: nn.BatchNorm2d,
+    pssa_weights: torch.Tensor,
+    attn_bn: nn.BatchNorm2d,
+    directions: Sequence[Direction],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold both BatchNorms of the training form into one dynamic convolution (§3, step 1).
+
+    Args:
+        conv_weight: (C_out, C_in, K, K), the conv branch (no bias).
+        conv_bn: the conv branch's BatchNorm (running statistics are used).
+        pssa_weights: W^a per direction, (C_out, C_in, |D|), or (C, 1, |D|) for a depthwise
+            (diagonal) weighting.
+        attn_bn: the PSSA branch's BatchNorm.
+        directions: the offsets d, in the order of ``pssa_weights``' last dim.
+
+    Returns:
+        ``(static, dynamic, bias)``: the static kernel Ŵ^s (C_out, C_in, K, K), the dynamic kernel
+        Ŵ^a laid out on the KxK taps (C_out, C_in or 1, K, K; zero outside D) and the bias (C_out,).
+        Differentiable.
+    """
+    static, conv_bias = fuse_conv_bn(conv_weight, None, conv_bn)
+    dynamic, attn_bias = fuse_conv_bn(pssa_weights, None, attn_bn)
+    dynamic = directions_to_kernel(dynamic, directions, conv_weight.shape[-1])
+    return static, dynamic, conv_bias + attn_bias
+
+
+def centre_modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dynamic_weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int = 1,
+    directions: Sequence[Direction] = NEIGHBOURS,
+) -> torch.Tensor:
+    """The deployed X-volution (§3): a KxK conv whose kernel is modulated by the centre pixel.
+
+    ``Y[o,p] = b[o] + Σ_{c,δ} (W[o,c,δ] + 1[δ∈D] · W_dyn[o,c,δ] · X[c,q]) · X[c,q+δ]``, q = s·p,
+    zero padding K//2. Computed exactly as ``conv2d(X, W) + Σ_d W_dyn_d · (X ⊙ S_d X)``, i.e. one
+    conv plus one GEMM over the stacked products (never per-pixel kernels).
+
+    Args:
+        x: (B, C_in, H, W).
+        weight: static kernel (C_out, C_in, K, K).
+        dynamic_weight: (C_out, C_in, K, K), or (C_in, 1, K, K) for a depthwise (diagonal) dynamic
+            part (then C_out = C_in). Taps outside ``directions`` are ignored (the indicator 1[δ∈D]).
+        bias: (C_out,) or None.
+        stride: s.
+        directions: the footprint D (offsets with |di|, |dj| <= 1).
+
+    Returns:
+        (B, C_out, ceil(H/s), ceil(W/s)).
+    """
+    directions = _check_directions(directions, "centre_modulated_conv2d")
+    taps = footprint_taps(dynamic_weight, directions)
+    return _kernels.centre_modulated(x, weight, taps, bias, stride, directions, **_tuning())
+
+
+class CentreModulatedConv2d(nn.Module):
+    """The deploy form of X-volution with PSSA (§3): one dynamic KxK convolution.
+
+    Kernel at output pixel p: ``weight + 1[δ∈D] · dynamic_weight · X[:, s·p]`` (channel-wise
+    modulation by the centre pixel), plus ``bias``. See :func:`centre_modulated_conv2d`.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: K, odd and >= 3.
+        stride: s.
+        directions: the footprint D of the dynamic part (default: the 8 neighbours).
+        depthwise_dynamic: store the dynamic kernel as (C, 1, K, K) (diagonal in channels).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        directions: Sequence[Direction] = NEIGHBOURS,
+        depthwise_dynamic: bool = False,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_drop_in(owner, in_channels, out_channels, stride)
+        _check_kernel_size(kernel_size, owner)
+        if depthwise_dynamic and in_channels != out_channels:
+            raise ValueError(
+                f"{owner}: 'depthwise_dynamic' needs in_channels == out_channels, got "
+                f"{in_channels} -> {out_channels}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.directions = _check_directions(directions, owner)
+        dyn_in = 1 if depthwise_dynamic else in_channels
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.dynamic_weight = nn.Parameter(
+            torch.empty(out_channels, dyn_in, kernel_size, kernel_size)
+        )
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self._footprint_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        taps = torch.empty(*self.dynamic_weight.shape[:2], len(self.directions))
+        nn.init.kaiming_normal_(taps, mode="fan_out", nonlinearity="relu")
+        self.dynamic_weight.copy_(directions_to_kernel(taps, self.directions, self.kernel_size))
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        taps = self._footprint()
+        return _kernels.centre_modulated(
+            x, self.weight, taps, self.bias, self.stride, self.directions, **_tuning()
+        )
+
+    def _footprint(self) -> torch.Tensor:
+        """``_footprint_taps`` of ``dynamic_weight``, cached while it does not change (inference).
+
+        The cache holds the source tensor, so its storage cannot be freed and its address reused;
+        in-place updates (``load_state_dict``, optimiser steps) bump ``_version``.
+        """
+        w = self.dynamic_weight
+        if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
+            return footprint_taps(w, self.directions)
+        cached = self._footprint_cache
+        if cached is None or cached[0].data_ptr() != w.data_ptr() or cached[1] != w._version:
+            source = w.detach()
+            cached = (source, w._version, footprint_taps(source, self.directions))
+            self._footprint_cache = cached
+        return cached[2]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, directions={len(self.directions)}, "
+            f"depthwise_dynamic={self.dynamic_weight.shape[1] == 1 and self.in_channels > 1}"
+        )
+
+
+class InvolutionModulatedConv2d(nn.Module):
+    """The deploy form of X-volution with an Involution branch: one dynamic convolution.
+
+    With H the involution's generated kernels (``Involution2d.generate_kernels``, K_i x K_i taps
+    per group g, from the input average-pooled by the stride), P its output projection (identity
+    when C_in == C_out) and a = ``dynamic_scale``, the kernel at output pixel p is::
+
+        K_p[o, c, δ] = W[o, c, δ] + a[o] · P[o, c] · H[g(c), δ, p]      (δ over max(K, K_i)²)
+        Y[o, p]     = b[o] + Σ_{c, δ} K_p[o, c, δ] · X[c, s·p + δ]       (zero padding)
+
+    where W (``weight``, K x K) is zero outside its window. It is computed as
+    ``conv2d(X, W) + b + a ⊙ Involution(X)``, never building per-pixel kernels;
+    :meth:`dynamic_kernels` builds them (for tests and visualisation).
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: K of the static part (odd).
+        stride: s.
+        involution_kernel_size: K_i (odd).
+        involution_group_channels: channels sharing one generated kernel.
+        involution_reduction: channel reduction of the kernel generator.
+
+    Submodules / keys: ``weight``, ``bias``, ``dynamic_scale`` (C_out,), ``involution`` (an
+    :class:`~convattn.layers.involution.Involution2d` with its generator BN folded).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        *,
+        involution_kernel_size: int = 7,
+        involution_group_channels: int = 16,
+        involution_reduction: int = 4,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_drop_in(owner, in_channels, out_channels, stride)
+        check_positive_int(kernel_size, "kernel_size", owner)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"{owner}: 'kernel_size' must be odd, got {kernel_size}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.dynamic_scale = nn.Parameter(torch.ones(out_channels))
+        self.involution = Involution2d(
+            in_channels,
+            out_channels,
+            stride,
+            kernel_size=involution_kernel_size,
+            group_channels=involution_group_channels,
+            reduction=involution_reduction,
+            deploy=True,
+        )
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.in_channels, type(self).__name__)
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.kernel_size // 2)
+        return out.addcmul(self.involution(x), self.dynamic_scale.view(1, -1, 1, 1))
+
+    def dynamic_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pixel kernels K_p, (B, C_out, C_in, K', K', ceil(H/s), ceil(W/s)) with
+        K' = max(K, K_i). Memory grows as C_out·C_in·K'²·pixels: small inputs only."""
+        inv = self.involution
+        k = max(self.kernel_size, inv.kernel_size)
+        generated = inv.generate_kernels(x)  # (B, G, K_i², Ho, Wo)
+        b, _, _, ho, wo = generated.shape
+        per_channel = generated.repeat_interleave(self.in_channels // inv.groups, dim=1)
+        per_channel = per_channel.view(
+            b, self.in_channels, inv.kernel_size, inv.kernel_size, ho, wo
+        )
+        if isinstance(inv.proj, nn.Conv2d):
+            mix = inv.proj.weight.flatten(1)
+        else:
+            mix = torch.eye(self.in_channels, dtype=x.dtype, device=x.device)
+        mix = self.dynamic_scale.view(-1, 1) * mix  # (C_out, C_in)
+        dynamic = mix.view(1, *mix.shape, 1, 1, 1, 1) * per_channel.unsqueeze(1)
+        pad_dyn = (k - inv.kernel_size) // 2
+        pad_static = (k - self.kernel_size) // 2
+        dynamic = F.pad(dynamic.movedim((3, 4), (5, 6)), (pad_dyn,) * 4).movedim((5, 6), (3, 4))
+        static = F.pad(self.weight, (pad_static,) * 4)
+        return dynamic + static.view(1, *static.shape, 1, 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, involution_kernel_size={self.involution.kernel_size}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_directions(directions: Sequence[Direction], owner: str) -> tuple[Direction, ...]:
+    """Distinct offsets inside the 3x3 window (L = 1), which the zero-filled shifts assume."""
+    dirs = tuple(tuple(d) for d in directions)
+    valid = all(len(d) == 2 and all(v in (-1, 0, 1) for v in d) for d in dirs)
+    if not dirs or not valid or len(set(dirs)) != len(dirs):
+        raise ValueError(
+            f"{owner}: 'directions' must be distinct (di, dj) offsets with di, dj in "
+            f"{{-1, 0, 1}}, got {directions!r}"
+        )
+    return dirs  # type: ignore[return-value]
+
+
+def _check_kernel_size(kernel_size: object, owner: str) -> int:
+    check_positive_int(kernel_size, "kernel_size", owner)
+    if kernel_size < 3 or kernel_size % 2 == 0:
+        raise ValueError(
+            f"{owner}: 'kernel_size' must be odd and >= 3 so that the 3x3 PSSA footprint lies "
+            f"inside the conv kernel (needed for the merge), got {kernel_size}"
+        )
+    return kernel_size  # type: ignore[return-value]

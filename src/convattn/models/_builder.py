@@ -3,14 +3,13 @@
 Checkpoints are read offline from a user-given path; nothing is downloaded. Accepted layouts:
 a plain state dict; a dict holding it under ``"model"`` (official ACmix/GLNet releases and our
 training checkpoints), ``"state_dict"`` or ``"model_ema"``; ``module.``-prefixed DDP keys; and
-``.safetensors`` files. Official key layouts are mapped by the family's ``checkpoint_filter_fn``.
+``.safetensors`` files. Official key layouts are mapped by the model's ``checkpoint_filter``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -131,10 +130,13 @@ def create_model(
 
 
 def _filtered(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` mapped to ``model``'s key layout by its family's ``checkpoint_filter_fn``."""
-    family = sys.modules.get(type(model).__module__)
-    filter_fn = getattr(family, "checkpoint_filter_fn", None)
-    return filter_fn(dict(state), model) if filter_fn is not None else dict(state)
+    """``state`` in ``model``'s key layout: a copy, mapped by the model's ``checkpoint_filter``.
+
+    Only a model whose official releases use other keys defines ``checkpoint_filter(state_dict)``
+    (Swin drops and replaces its deterministic buffers); every other family loads keys as they are.
+    """
+    remap = getattr(model, "checkpoint_filter", None)
+    return remap(dict(state)) if remap is not None else dict(state)
 
 
 def _shape_of_checkpoint(state: Mapping[str, torch.Tensor], cfg: Mapping) -> dict[str, int | None]:

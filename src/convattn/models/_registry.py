@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import sys
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -24,18 +25,43 @@ _pretrained_cfgs: dict[str, dict] = {}
 
 
 def register_model(fn: _F) -> _F:
-    """Register ``fn`` under its function name; the module's ``default_cfgs[name]`` becomes its cfg."""
+    """Register ``fn`` under its function name; the module's ``default_cfgs[name]`` becomes its cfg.
+
+    The registered (and returned) constructor takes timm's ``pretrained`` flag: False is accepted,
+    True raises a ValueError that says how to load weights (nothing is ever downloaded).
+    """
     name = fn.__name__
     if name in _entrypoints:
         raise ValueError(f"register_model: a model named '{name}' is already registered")
     module_name = fn.__module__.split(".")[-1]
-    _entrypoints[name] = fn
+
+    @functools.wraps(fn)
+    def entrypoint(*args, pretrained: bool = False, **kwargs):
+        if pretrained:
+            raise ValueError(_no_download_message(name))
+        return fn(*args, **kwargs)
+
+    _entrypoints[name] = entrypoint
     _model_module[name] = module_name
     module = sys.modules[fn.__module__]
     cfg = getattr(module, "default_cfgs", {}).get(name)
     if cfg is not None:
         _pretrained_cfgs[name] = dict(cfg)
-    return fn
+    return entrypoint  # type: ignore[return-value]
+
+
+def _no_download_message(name: str) -> str:
+    source = _pretrained_cfgs.get(name, {}).get("official_checkpoint")
+    where = (
+        f"download the released weights yourself ({source}) and"
+        if source
+        else "this model has no released weights; train it or"
+    )
+    return (
+        f"{name}: 'pretrained=True' is not supported, convattn never downloads weights: {where} "
+        f"pass the file as create_model('{name}', checkpoint_path=FILE) (CLI: --checkpoint FILE), "
+        "or load it with convattn.models.load_checkpoint(model, FILE)"
+    )
 
 
 def list_models(pattern: str | Iterable[str] = "*", module: str | None = None) -> list[str]:

@@ -55,10 +55,18 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from ..deploy.reparam import ConvNormSequential
-from ..layers import DropPath, LayerNorm2d, MultiheadSelfAttention
-from ..layers._checks import check_choice, check_feature_map, check_positive_int
-from ..layers.glmix import GLMixBlock, _ResidualDepthwiseConv
+from ..layers import (
+    DropPath,
+    LayerNorm2d,
+    MultiheadSelfAttention,
+    check_choice,
+    check_feature_map,
+    check_positive_int,
+)
+from ..layers.conv_bn import ConvNormSequential
+from ..layers.glmix import GLMixBlock, check_block_options
+from ..layers.layer_scale import LayerScale, layer_scale
+from ..layers.mlp import conv_mlp
 from ._features import resolve_out_indices
 from ._helpers import init_linear_and_layernorm, make_cfg, stochastic_depth_rates
 from ._registry import register_model
@@ -75,42 +83,6 @@ __all__ = [
 
 MIXING_MODES = ("glmix", "glmix.mha_nchw", "mha_nchw", "mha")
 DOWNSAMPLE_STYLES = ("overlapped", "non_overlapped")
-
-
-def conv_mlp(dim: int, hidden: int, mlp_dw: bool) -> nn.Sequential:
-    """The GLNet conv MLP: 1x1 -> [h + DW3x3(h)] -> GELU -> 1x1 (keys ``0``, ``1``, ``3``).
-
-    Identical to the MLP inside :class:`~convattn.layers.glmix.GLMixBlock`; index 1 is an identity
-    placeholder when ``mlp_dw`` is False, as in the official code.
-    """
-    return nn.Sequential(
-        nn.Conv2d(dim, hidden, 1),
-        _ResidualDepthwiseConv(hidden, 3) if mlp_dw else nn.Identity(),
-        nn.GELU(),
-        nn.Conv2d(hidden, dim, 1),
-    )
-
-
-class LayerScale(nn.Module):
-    """Per-channel residual-branch scale ``gamma``, shaped (C,) for tokens or (1, C, 1, 1) for NCHW.
-
-    Args:
-        dim: channels C.
-        init_value: initial value of every entry.
-        channels_last: True for (B, N, C) tokens, False for NCHW maps (the official key shapes).
-    """
-
-    def __init__(self, dim: int, init_value: float, channels_last: bool) -> None:
-        super().__init__()
-        shape = (dim,) if channels_last else (1, dim, 1, 1)
-        self.gamma = nn.Parameter(torch.full(shape, float(init_value)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-def _layerscale(dim: int, init_value: float | None, channels_last: bool) -> nn.Module:
-    return nn.Identity() if init_value is None else LayerScale(dim, init_value, channels_last)
 
 
 class MHSANCHWBlock(nn.Module):
@@ -141,6 +113,7 @@ class MHSANCHWBlock(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
+        check_block_options(type(self).__name__, dim, mlp_ratio, cpe_kernel, layerscale, drop_path)
         self.dim = dim
         self.pos_conv = (
             nn.Conv2d(dim, dim, cpe_kernel, padding=cpe_kernel // 2, groups=dim)
@@ -151,8 +124,8 @@ class MHSANCHWBlock(nn.Module):
         self.mha_op = MultiheadSelfAttention(dim, num_heads)
         self.norm2 = LayerNorm2d(dim)
         self.mlp = conv_mlp(dim, int(mlp_ratio * dim), mlp_dw)
-        self.ls1 = _layerscale(dim, layerscale, channels_last=True)
-        self.ls2 = _layerscale(dim, layerscale, channels_last=False)
+        self.ls1 = layer_scale(dim, layerscale, channels_last=True)
+        self.ls2 = layer_scale(dim, layerscale, channels_last=False)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,14 +162,14 @@ class MHSABlock(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        hidden = int(mlp_ratio * dim)
+        hidden = check_block_options(type(self).__name__, dim, mlp_ratio, 0, layerscale, drop_path)
         self.dim = dim
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.mha_op = MultiheadSelfAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.ls1 = _layerscale(dim, layerscale, channels_last=True)
-        self.ls2 = _layerscale(dim, layerscale, channels_last=True)
+        self.ls1 = layer_scale(dim, layerscale, channels_last=True)
+        self.ls2 = layer_scale(dim, layerscale, channels_last=True)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -392,18 +365,7 @@ class GLNet(nn.Module):
         check_positive_int(in_chans, "in_chans", owner)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"{owner}: 'num_classes' must be an int >= 0, got {num_classes!r}")
-        if not (isinstance(mlp_ratio, (int, float)) and int(mlp_ratio * min(widths)) >= 1):
-            raise ValueError(
-                f"{owner}: 'mlp_ratio' must give >= 1 hidden channel, got {mlp_ratio!r}"
-            )
-        if cpe_kernel != 0 and not (
-            isinstance(cpe_kernel, int) and cpe_kernel > 0 and cpe_kernel % 2
-        ):
-            raise ValueError(
-                f"{owner}: 'cpe_kernel' must be 0 or odd and positive, got {cpe_kernel!r}"
-            )
-        if layerscale is not None and not layerscale > 0:
-            raise ValueError(f"{owner}: 'layerscale' must be None or > 0, got {layerscale!r}")
+        # Block options (mlp_ratio, cpe_kernel, layerscale) are validated by the blocks themselves.
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"{owner}: 'drop_path_rate' must be in [0, 1), got {drop_path_rate}")
 
@@ -665,11 +627,6 @@ class GLNetTokenLabel(GLNet):
         return h, w
 
 
-def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """Official GLNet checkpoints use our names and shapes (all buffers included): pass through."""
-    return state_dict
-
-
 # --- configurations ------------------------------------------------------------------------------
 _PAPER = (
     "Zhu et al., Revisiting the Integration of Convolution and Attention for Vision Backbone, "
@@ -770,39 +727,34 @@ _NANO = dict(
 )
 
 
-def _glnet(**kwargs) -> GLNet:
-    kwargs.pop("pretrained", None)
-    return GLNet(**kwargs)
-
-
 @register_model
 def glnet_4g(**kwargs) -> GLNet:
     """GLNet-4G: [4,4,18,4] x 64-128-256-512, 27,001,593 params, 4.48 GMACs."""
-    return _glnet(**dict(_4G_FAMILY, widths=(64, 128, 256, 512)) | kwargs)
+    return GLNet(**dict(_4G_FAMILY, widths=(64, 128, 256, 512)) | kwargs)
 
 
 @register_model
 def glnet_9g(**kwargs) -> GLNet:
     """GLNet-9G: [4,4,18,4] x 96-192-384-768, 60,010,617 params, 9.59 GMACs."""
-    return _glnet(**dict(_4G_FAMILY, widths=(96, 192, 384, 768)) | kwargs)
+    return GLNet(**dict(_4G_FAMILY, widths=(96, 192, 384, 768)) | kwargs)
 
 
 @register_model
 def glnet_16g(**kwargs) -> GLNet:
     """GLNet-16G: [4,4,18,4] x 128-256-512-1024, LayerScale 1e-4, 106,055,161 params, 16.6 GMACs."""
-    return _glnet(**dict(_4G_FAMILY, widths=(128, 256, 512, 1024), layerscale=1e-4) | kwargs)
+    return GLNet(**dict(_4G_FAMILY, widths=(128, 256, 512, 1024), layerscale=1e-4) | kwargs)
 
 
 @register_model
 def glnet_stl(**kwargs) -> GLNet:
     """GLNet-STL (Swin-Tiny layout), slots pooled from the input: 30,296,786 params, 4.35 GMACs."""
-    return _glnet(**dict(_STL) | kwargs)
+    return GLNet(**dict(_STL) | kwargs)
 
 
 @register_model
 def glnet_stl_paramslot(**kwargs) -> GLNet:
     """GLNet-STL with learned initial slots (``init_slots``): 30,481,106 params, 4.35 GMACs."""
-    return _glnet(**dict(_STL, slot_init="param") | kwargs)
+    return GLNet(**dict(_STL, slot_init="param") | kwargs)
 
 
 @register_model
@@ -813,21 +765,16 @@ def glnet_nano(**kwargs) -> GLNet:
     for a 32x32 input (reductions 2/4/8/16); heads 1-2-3-4 (width / 32); MLP ratio 3 with the
     residual depthwise conv; CPE; stage 3 = one GLMix + one full-MHSA block.
     """
-    return _glnet(**dict(_NANO) | kwargs)
-
-
-def _glnet_tklb(**kwargs) -> GLNetTokenLabel:
-    kwargs.pop("pretrained", None)
-    return GLNetTokenLabel(**kwargs)
+    return GLNet(**dict(_NANO) | kwargs)
 
 
 @register_model
 def glnet_4g_tklb(**kwargs) -> GLNetTokenLabel:
     """GLNet-4G with the token-labeling auxiliary head: 27,514,593 params, 4.51 GMACs."""
-    return _glnet_tklb(**dict(_4G_FAMILY, widths=(64, 128, 256, 512)) | kwargs)
+    return GLNetTokenLabel(**dict(_4G_FAMILY, widths=(64, 128, 256, 512)) | kwargs)
 
 
 @register_model
 def glnet_9g_tklb(**kwargs) -> GLNetTokenLabel:
     """GLNet-9G with the token-labeling auxiliary head: 60,779,617 params, 9.63 GMACs."""
-    return _glnet_tklb(**dict(_4G_FAMILY, widths=(96, 192, 384, 768)) | kwargs)
+    return GLNetTokenLabel(**dict(_4G_FAMILY, widths=(96, 192, 384, 768)) | kwargs)

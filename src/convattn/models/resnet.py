@@ -40,9 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..deploy.reparam import ConvNormSequential, fold_conv_bn_
-from ..layers import DropPath
-from ..layers._checks import check_feature_map
+from ..layers import DropPath, check_feature_map
+from ..layers.conv_bn import ConvNormSequential, fold_batch_norm_
 from ._features import resolve_out_indices
 from ._helpers import make_cfg, stochastic_depth_rates
 from ._registry import register_model
@@ -167,7 +166,7 @@ STAGE_OPS: dict[str, StageOp] = {
     ),
     "acmix": StageOp(
         _acmix,
-        {"kernel_att": 7, "heads": 4, "kernel_conv": 3},
+        {"kernel_att": 7, "num_heads": 4, "kernel_conv": 3},
         "acmix",
         "ACmix (7x7 window attention + shift conv) + BN",
     ),
@@ -273,8 +272,8 @@ class BasicBlock(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold each plain conv + BN pair into a biased conv (idempotent); operators fold themselves."""
-        fold_conv_bn_(self, "conv1", "bn1")
-        fold_conv_bn_(self, "conv2", "bn2")
+        fold_batch_norm_(self, "conv1", "bn1")
+        fold_batch_norm_(self, "conv2", "bn2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -316,9 +315,9 @@ class Bottleneck(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold each plain conv + BN pair into a biased conv (idempotent); operators fold themselves."""
-        fold_conv_bn_(self, "conv1", "bn1")
-        fold_conv_bn_(self, "conv2", "bn2")
-        fold_conv_bn_(self, "conv3", "bn3")
+        fold_batch_norm_(self, "conv1", "bn1")
+        fold_batch_norm_(self, "conv2", "bn2")
+        fold_batch_norm_(self, "conv3", "bn3")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -447,7 +446,7 @@ class ResNet(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold the stem BN into ``conv1`` (idempotent); blocks and operators fold themselves."""
-        fold_conv_bn_(self, "conv1", "bn1")
+        fold_batch_norm_(self, "conv1", "bn1")
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.in_chans, type(self).__name__)
@@ -559,7 +558,6 @@ _LEGACY_OPTIONS = {"xvolution_args": "xvolution", "acmix_args": "acmix", "spatia
 
 
 def _resnet(**kwargs) -> ResNet:
-    kwargs.pop("pretrained", None)
     for old, op in _LEGACY_OPTIONS.items():
         if old in kwargs:
             hint = f"op_args={{{op!r}: {{...}}}}" if op else "stage_ops=(...) with op_args"

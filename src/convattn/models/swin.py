@@ -10,7 +10,7 @@
   attention changes (:class:`~convattn.layers.acmix.ACmixWindowAttention`); everything else is Swin.
 
 Layout and names follow the official code, so official checkpoints (``{"model": state_dict}``)
-load strictly through :func:`checkpoint_filter_fn`: ``patch_embed.{proj,norm}``,
+load strictly through :func:`checkpoint_filter_fn` (the model's ``checkpoint_filter``): ``patch_embed.{proj,norm}``,
 ``layers.{i}.blocks.{j}.{norm1,attn,norm2,mlp.fc1,mlp.fc2}``, ``layers.{i}.downsample.{norm,
 reduction}`` (patch merging at the *end* of stages 0-2), ``norm``, ``head``. The deterministic
 buffers are not read from files: ``attn_mask`` is dropped (we compute masks per input size) and
@@ -45,16 +45,16 @@ The file ends with the configuration table and the registered constructors.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import DropPath
-from ..layers._checks import check_choice, check_feature_map, check_positive_int
+from ..layers import DropPath, check_choice, check_feature_map, check_positive_int
 from ..layers.acmix import ACmixWindowAttention
+from ..layers.tracing import cached_in_eager
 from ..layers.window_attention import (
     WindowAttention,
     shifted_window_mask,
@@ -72,6 +72,7 @@ __all__ = [
     "SwinStage",
     "SwinTransformer",
     "SwinTransformerBlock",
+    "SwinWindowWeights",
     "checkpoint_filter_fn",
     "window_attention_map",
 ]
@@ -148,34 +149,13 @@ class Mlp(nn.Module):
 # the bias table) serve them too: token pairs then use exactly the (dy, dx) entries of the table.
 
 
-def _cached_unless_tracing(maxsize: int):
-    """``functools.lru_cache`` in eager mode; uncached while torch.export / torch.compile trace.
-
-    Tensors made during tracing are fake (symbolic): cached, they would leak into later eager
-    calls (and sizes may be symbolic, which cannot be hashed).
-    """
-
-    def decorate(fn):
-        cached = functools.lru_cache(maxsize=maxsize)(fn)
-
-        @functools.wraps(fn)
-        def wrapper(*args):
-            return fn(*args) if torch.compiler.is_compiling() else cached(*args)
-
-        wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-        wrapper.cache_info = cached.cache_info  # type: ignore[attr-defined]
-        return wrapper
-
-    return decorate
-
-
-@_cached_unless_tracing(maxsize=64)
+@cached_in_eager(maxsize=64)
 def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> Tensor:
     with torch.inference_mode(False):  # cached across calls, so never an inference tensor
         return shifted_window_mask(height, width, window, shift).to(device)
 
 
-@_cached_unless_tracing(maxsize=16)
+@cached_in_eager(maxsize=16)
 def _embedding_mask(inner: int, window: int, device: torch.device) -> Tensor:
     """(1, w*w, w*w) mask hiding the keys of a w x w window outside its top-left inner x inner part."""
     with torch.inference_mode(False):
@@ -216,7 +196,7 @@ def window_attention_map(
     Returns:
         (B, H, W, C).
     """
-    b, h, w, c = x.shape
+    _, h, w, c = x.shape
     if window == attn.window_size:
         if isinstance(attn, ACmixWindowAttention):
             return attn(x, mask)
@@ -224,12 +204,42 @@ def window_attention_map(
         return window_reverse(out.view(-1, window, window, c), window, h, w)
     # Clamped window (the map is smaller than the module's window): same maths from its pieces.
     qkv = attn.qkv(x)
-    out = attn.proj(_clamped_window_attention(attn, qkv, window))
-    if isinstance(attn, ACmixWindowAttention):
-        heads, d = attn.num_heads, attn.head_dim
-        conv = attn.conv_path(qkv.view(b, h, w, 3 * heads, d).permute(0, 3, 4, 1, 2))
-        out = attn.rate1 * out + attn.rate2 * conv.permute(0, 2, 3, 1)
-    return attn.proj_drop(out)
+    return attn.combine(attn.proj(_clamped_window_attention(attn, qkv, window)), qkv)
+
+
+class SwinWindowWeights(NamedTuple):
+    """Window attention weights of a Swin block on its padded, cyclically rolled map.
+
+    ``weights[b, i, j, h, t, u]``: head h, window (i, j) of the rolled map, query token t, key
+    token u (tokens row-major in the window); sums to one over u. The rolled map is the block's
+    map zero-padded to ``padded_size`` and rolled by ``(-shift, -shift)``: rolled pixel (r, c) is
+    pixel ``((r + shift) % Hp, (c + shift) % Wp)`` of the padded map.
+    """
+
+    weights: Tensor  # (B, nH, nW, heads, w*w, w*w)
+    window: int
+    shift: int
+    padded_size: tuple[int, int]
+    size: tuple[int, int]
+
+    def of_query(self, row: int, col: int) -> tuple[Tensor, Tensor]:
+        """Where the query at pixel (row, col) of the block's map attends, undoing roll and padding.
+
+        Returns:
+            ``(weights, map)``: its (B, heads, w*w) weights over its window's tokens, and the same
+            weights placed on the block's (B, heads, H, W) map (mass on the zero padding beyond
+            the map is left out, so a map may sum to less than one).
+        """
+        (hp, wp), (h, w), ws, shift = self.padded_size, self.size, self.window, self.shift
+        ry, rx = (row - shift) % hp, (col - shift) % wp  # position on the rolled map
+        i, j = ry // ws, rx // ws
+        weights = self.weights[:, i, j, :, (ry % ws) * ws + rx % ws]  # (B, heads, n)
+        tokens = torch.arange(ws * ws, device=weights.device)
+        key_y = (i * ws + tokens // ws + shift) % hp
+        key_x = (j * ws + tokens % ws + shift) % wp
+        index = (key_y * wp + key_x).expand_as(weights)
+        full = weights.new_zeros(*weights.shape[:-1], hp * wp).scatter_add_(-1, index, weights)
+        return weights, full.view(*weights.shape[:-1], hp, wp)[..., :h, :w]
 
 
 class SwinTransformerBlock(nn.Module):
@@ -282,8 +292,14 @@ class SwinTransformerBlock(nn.Module):
             return min(height, width), 0
         return self.window_size, self.shift_size
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, H, W, C) -> (B, H, W, C)."""
+    def window_input(self, x: Tensor) -> tuple[Tensor, int, int, Tensor | None]:
+        """The map the window attention sees: ``norm1(x)`` zero-padded to the window, then rolled.
+
+        Returns:
+            ``(map, window, shift, mask)``: the (B, Hp, Wp, C) map (rolled by (-shift, -shift) in
+            shifted blocks), the window side and shift used (see :meth:`window_and_shift`) and the
+            shifted-window mask (None without shift).
+        """
         _, h, w, _ = x.shape
         window, shift = self.window_and_shift(h, w)
         y = self.norm1(x)
@@ -294,13 +310,47 @@ class SwinTransformerBlock(nn.Module):
         if shift:
             y = torch.roll(y, (-shift, -shift), dims=(1, 2))
             mask = _shift_mask(h + pad_h, w + pad_w, window, shift, x.device)
+        return y, window, shift, mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        _, h, w, _ = x.shape
+        y, window, shift, mask = self.window_input(x)
         y = window_attention_map(self.attn, y, window, mask)
         if shift:
             y = torch.roll(y, (shift, shift), dims=(1, 2))
-        if pad_h or pad_w:
+        if y.shape[1:3] != (h, w):
             y = y[:, :h, :w]
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    @torch.no_grad()
+    def attention_weights(self, x: Tensor) -> SwinWindowWeights:
+        """The window attention weights this block applies to ``x`` (the visualisation hook).
+
+        The block's own preparation (:meth:`window_input`) and the attention module's own logits
+        (:meth:`WindowAttention.attention_weights`); a window clamped to a small map is embedded in
+        the module's window with its outer keys masked, exactly as the forward pass does.
+
+        Args:
+            x: (B, H, W, C), the block's input.
+        """
+        attn = self.attn
+        b, h, w, _ = x.shape
+        y, window, shift, mask = self.window_input(x)
+        hp, wp = y.shape[1:3]
+        n, full = window * window, attn.window_size
+        windows = window_partition(attn.qkv(y), window)  # (B*nW, w', w', 3C)
+        if window == full:
+            weights = attn.attention_weights(windows.flatten(1, 2), mask)
+        else:  # token t of the w' x w' window is token (t // w') * w + t % w' of the w x w one
+            windows = F.pad(windows, (0, 0, 0, full - window, 0, full - window)).flatten(1, 2)
+            embedded = attn.attention_weights(windows, _embedding_mask(window, full, x.device))
+            inner = torch.arange(n, device=x.device)
+            inner = (inner // window) * full + inner % window
+            weights = embedded[:, :, inner][:, :, :, inner]
+        weights = weights.reshape(b, hp // window, wp // window, attn.num_heads, n, n)
+        return SwinWindowWeights(weights, window, shift, (hp, wp), (h, w))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, shift_size={self.shift_size}"
@@ -505,6 +555,10 @@ class SwinTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def checkpoint_filter(self, state_dict: dict) -> dict:
+        """An official Swin / ACmix-Swin state dict in this model's layout (:func:`checkpoint_filter_fn`)."""
+        return checkpoint_filter_fn(state_dict, self)
+
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Official Swin / ACmix-Swin state dicts -> ours.
@@ -592,33 +646,28 @@ default_cfgs = {
 }
 
 
-def _swin(**kwargs) -> SwinTransformer:
-    kwargs.pop("pretrained", None)
-    return SwinTransformer(**kwargs)
-
-
 @register_model
 def swin_tiny(**kwargs) -> SwinTransformer:
     """Swin-T: embed 96, depths [2,2,6,2], window 7, 28.29 M params, 4.49 GMACs at 224."""
-    return _swin(**_TINY | kwargs)
+    return SwinTransformer(**_TINY | kwargs)
 
 
 @register_model
 def swin_small(**kwargs) -> SwinTransformer:
     """Swin-S: embed 96, depths [2,2,18,2], window 7, 49.61 M params, 8.74 GMACs at 224."""
-    return _swin(**_SMALL | kwargs)
+    return SwinTransformer(**_SMALL | kwargs)
 
 
 @register_model
 def acmix_swin_tiny(**kwargs) -> SwinTransformer:
     """ACmix-Swin-T (official layout): Swin-T with ACmix window attention, 28.65 M params."""
-    return _swin(**_TINY | dict(attn_layer="acmix") | kwargs)
+    return SwinTransformer(**_TINY | dict(attn_layer="acmix") | kwargs)
 
 
 @register_model
 def acmix_swin_small(**kwargs) -> SwinTransformer:
     """ACmix-Swin-S (official layout): Swin-S with ACmix window attention, 50.35 M params."""
-    return _swin(**_SMALL | dict(attn_layer="acmix") | kwargs)
+    return SwinTransformer(**_SMALL | dict(attn_layer="acmix") | kwargs)
 
 
 @register_model
@@ -629,4 +678,4 @@ def acmix_swin_nano(**kwargs) -> SwinTransformer:
     are 16/8/4/2 at 32x32: plain + shifted (by 2) 4x4 windows in stages 0-1, one 4x4 window in
     stage 2 and a window clamped to the 2x2 map in stage 3.
     """
-    return _swin(**_NANO | dict(attn_layer="acmix") | kwargs)
+    return SwinTransformer(**default_cfgs["acmix_swin_nano"]["model_args"] | kwargs)

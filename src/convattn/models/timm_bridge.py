@@ -293,12 +293,9 @@ def to_timm_model(model: nn.Module, drop_rate: float = 0.0, global_pool: str = "
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """The filter of the adapted model's family (official checkpoint layouts -> ours)."""
-    for cls in type(model).__mro__:
-        family = sys.modules.get(cls.__module__)
-        if family is not sys.modules[__name__] and hasattr(family, "checkpoint_filter_fn"):
-            return family.checkpoint_filter_fn(state_dict, model)
-    return state_dict
+    """Official checkpoint layouts -> ours: the adapted model's own ``checkpoint_filter``, if any."""
+    remap = getattr(model, "checkpoint_filter", None)
+    return remap(state_dict) if remap is not None else state_dict
 
 
 # --- timm's registry -----------------------------------------------------------------------------

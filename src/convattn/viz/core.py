@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers._checks import check_choice, check_positive_int
+from ..layers import check_choice, check_positive_int
 from ..layers.acmix import ACmix
 from ..layers.attention import GlobalSelfAttention2d, MultiheadSelfAttention
 from ..layers.window_attention import WindowAttention
@@ -630,21 +630,14 @@ def visualize_attention(
         block_module = loaded.module.get_submodule(block_name)
         win = swin_window_attention_weights(block_module, seen[block_name])
         h, w = win.size
-        hp, wp = win.padded_size
         ws, shift = win.window, win.shift
         operator = f"Swin window {ws}x{ws}" + (f", shift {shift}" if shift else "")
-        tokens = torch.arange(ws * ws)
         for p in points:
             gy, gx = _grid_cell(p, (ih, iw), (h, w))
-            ry, rx = (gy - shift) % hp, (gx - shift) % wp  # position on the rolled map
-            i, j = ry // ws, rx // ws
-            row = win.weights[:, i, j, :, (ry % ws) * ws + rx % ws].float().cpu()  # (B, heads, n)
-            key_y = (i * ws + tokens // ws + shift) % hp
-            key_x = (j * ws + tokens % ws + shift) % wp
-            full = _scatter_rows(row, key_y * wp + key_x, hp * wp).view(*row.shape[:2], hp, wp)
+            row, on_map = win.of_query(gy, gx)  # (B, heads, n) and (B, heads, H, W)
             cells.append((gy, gx))
-            rows.append(row)
-            maps.append(full[..., :h, :w])
+            rows.append(row.float().cpu())
+            maps.append(on_map.float().cpu())
     else:
         if isinstance(layer, GlobalSelfAttention2d):
             inp = seen[name]

@@ -1,11 +1,11 @@
-"""Attention weights recomputed from each operator's own parameters.
+"""Attention weights, read from each operator's own hook.
 
 Every function here takes a module and the input it received (captured with a forward pre-hook)
-and returns the softmax weights that module uses: ACmix hands them out through its own hook
-(``ACmix.attention(..., return_weights=True)``); the others are computed from the module's
-parameters with plain tensor operations. Nothing is monkeypatched, and the modules' fast paths
-stay untouched. Each function reproduces the module's logits exactly (tests rebuild the module's
-output from these weights), so a figure shows what the network really computed.
+and returns the softmax weights that module uses, through the hook the operator itself provides:
+``ACmix.attention(..., return_weights=True)``, ``SwinTransformerBlock.attention_weights``,
+``GlobalSelfAttention2d.attention_weights`` and ``MultiheadSelfAttention.attention_weights``; GLMix
+passes its slot logits through ``vis_proxy``. Nothing here re-derives an operator's internals, and
+the modules' fast paths stay untouched (tests rebuild each module's output from these weights).
 
 * :func:`slot_assignments`: GLMix slot logits -> dispatch (softmax over slots) or clustering
   (softmax over pixels) weights. The logits themselves come from the mixer's ``vis_proxy`` hook.
@@ -18,18 +18,13 @@ output from these weights), so a figure shows what the network really computed.
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers._checks import check_choice
+from ..layers import check_choice
 from ..layers.acmix import ACmix
 from ..layers.attention import GlobalSelfAttention2d, MultiheadSelfAttention
-from ..layers.window_attention import shifted_window_mask, window_partition
-from ..models.swin import SwinTransformerBlock
+from ..models.swin import SwinTransformerBlock, SwinWindowWeights
 
 __all__ = [
     "SLOT_MODES",
@@ -102,76 +97,24 @@ def acmix_attention_weights(module: ACmix, x: Tensor) -> Tensor:
 
 
 # --- Swin / ACmix-Swin windows ------------------------------------------------------------------
-class SwinWindowWeights(NamedTuple):
-    """Window attention weights of a Swin block on its padded, cyclically rolled map.
-
-    ``weights[b, i, j, h, t, u]``: head h, window (i, j) of the rolled map, query token t, key
-    token u (tokens row-major in the window); sums to one over u. The rolled map is the block's
-    map zero-padded to ``padded_size`` and rolled by ``(-shift, -shift)``: rolled pixel (r, c) is
-    pixel ``((r + shift) % Hp, (c + shift) % Wp)`` of the padded map.
-    """
-
-    weights: Tensor  # (B, nH, nW, heads, w*w, w*w)
-    window: int
-    shift: int
-    padded_size: tuple[int, int]
-    size: tuple[int, int]
-
-
-@torch.no_grad()
 def swin_window_attention_weights(block: SwinTransformerBlock, x: Tensor) -> SwinWindowWeights:
-    """Attention weights of a (shifted) window-attention Swin block, from its own parameters.
+    """Attention weights of a (shifted) window-attention Swin block.
 
-    Repeats the block's preparation (``norm1``, padding, roll, shift mask, clamped window on small
-    maps) and the logits of :meth:`WindowAttention.attend`: ``q k^T / sqrt(d)`` plus the relative
-    position bias plus the shift mask. A window clamped to a small map uses the bias entries of the
-    offsets it can reach, as the block does.
+    The block's own hook (:meth:`~convattn.models.swin.SwinTransformerBlock.attention_weights`):
+    its preparation (``norm1``, padding, roll, shift mask, clamped window on small maps) and the
+    logits of its attention module.
 
     Args:
         block: a :class:`~convattn.models.swin.SwinTransformerBlock` (plain or ACmix attention).
         x: (B, H, W, C), the block's input.
 
     Returns:
-        :class:`SwinWindowWeights`.
+        :class:`~convattn.models.swin.SwinWindowWeights`.
     """
-    attn = block.attn
-    b, h, w, _ = x.shape
-    window, shift = block.window_and_shift(h, w)
-    pad_h, pad_w = -h % window, -w % window
-    y = F.pad(block.norm1(x), (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    if shift:
-        y = torch.roll(y, (-shift, -shift), dims=(1, 2))
-    n, heads, hd = window * window, attn.num_heads, attn.head_dim
-    windows = window_partition(attn.qkv(y), window).view(-1, n, 3, heads, hd)
-    q, k, _ = windows.permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, n, d)
-    logits = (q * attn.scale) @ k.transpose(-2, -1)
-    # Token t of a w' x w' window sits at (t // w', t % w'); in the module's w x w bias table that
-    # is token (t // w') * w + t % w' (the clamped window is embedded top-left, spec of swin.py).
-    inner = torch.arange(n, device=x.device)
-    inner = (inner // window) * attn.window_size + inner % window
-    bias = attn.relative_position_bias()[:, inner][:, :, inner]  # (heads, n, n)
-    logits = logits + bias.to(logits.dtype)
-    if shift:
-        mask = shifted_window_mask(hp, wp, window, shift).to(logits)  # (nW, n, n)
-        logits = logits.view(b, -1, heads, n, n) + mask.unsqueeze(1)
-    weights = logits.softmax(dim=-1).view(b, hp // window, wp // window, heads, n, n)
-    return SwinWindowWeights(weights, window, shift, (hp, wp), (h, w))
+    return block.attention_weights(x)
 
 
 # --- global attention ---------------------------------------------------------------------------
-def _packed_weights(qkv: Tensor, num_heads: int) -> Tensor:
-    """softmax(q k^T / sqrt(d)) from packed (B, N, 3C) projections -> (B, heads, N, N).
-
-    The packing is that of ``convattn.layers.attention._packed_attention`` (and of
-    ``nn.MultiheadAttention``): channels [q | k | v], each head-major.
-    """
-    b, n, c3 = qkv.shape
-    head_dim = c3 // (3 * num_heads)
-    q, k, _ = qkv.view(b, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    return ((q / math.sqrt(head_dim)) @ k.transpose(-2, -1)).softmax(dim=-1)
-
-
 @torch.no_grad()
 def global_attention_weights(module: GlobalSelfAttention2d, x: Tensor) -> Tensor:
     """Attention weights of :class:`~convattn.layers.attention.GlobalSelfAttention2d`.
@@ -184,9 +127,7 @@ def global_attention_weights(module: GlobalSelfAttention2d, x: Tensor) -> Tensor
         (B, heads, N, N) with N = H'W' pixels of the (pooled) map, row-major: row i holds the weights
         of query pixel i over all key pixels (sums to one).
     """
-    if module.stride > 1:
-        x = F.avg_pool2d(x, module.stride, module.stride, ceil_mode=True)
-    return _packed_weights(module.qkv(x.flatten(2).transpose(1, 2)), module.num_heads)
+    return module.attention_weights(x)
 
 
 @torch.no_grad()
@@ -200,5 +141,4 @@ def multihead_attention_weights(module: MultiheadSelfAttention, tokens: Tensor) 
     Returns:
         (B, heads, N, N); row i sums to one.
     """
-    qkv = F.linear(tokens, module.in_proj_weight, module.in_proj_bias)
-    return _packed_weights(qkv, module.num_heads)
+    return module.attention_weights(tokens)

@@ -1,7 +1,8 @@
 """Operators and small building blocks (NCHW).
 
 The papers' operators, each a drop-in for a KxK convolution ``(in_channels, out_channels, stride)``:
-:class:`XVolution`, :class:`ACmix`, :class:`GLMix`; the baselines :class:`GlobalSelfAttention2d`
+:class:`XVolution`, :class:`ACmix`, :class:`GLMix`, SAN's :class:`PatchwiseSelfAttention` and
+:class:`ACmixPatchwiseAttention`; the baselines :class:`GlobalSelfAttention2d`
 and :class:`Involution2d`; and the blocks the backbones are built from.
 """
 
@@ -12,6 +13,7 @@ from .drop import DropPath, drop_path
 from .glmix import GLMix, GLMixBlock
 from .involution import Involution2d, involution_aggregate
 from .norm import LayerNorm2d
+from .san import ACmixPatchwiseAttention, PatchwiseSelfAttention, san_window_index
 from .window_attention import (
     WindowAttention,
     relative_position_index,
@@ -34,6 +36,7 @@ from .xvolution import (
 __all__ = [
     "ACmix",
     "ACmixConvPath",
+    "ACmixPatchwiseAttention",
     "ACmixWindowAttention",
     "CentreModulatedConv2d",
     "ConvBN",
@@ -45,6 +48,7 @@ __all__ = [
     "InvolutionModulatedConv2d",
     "LayerNorm2d",
     "MultiheadSelfAttention",
+    "PatchwiseSelfAttention",
     "PixelShiftAttention",
     "WindowAttention",
     "XVolution",
@@ -59,6 +63,7 @@ __all__ = [
     "pixel_shift_products",
     "pssa_directions",
     "relative_position_index",
+    "san_window_index",
     "shifted_window_mask",
     "window_partition",
     "window_reverse",

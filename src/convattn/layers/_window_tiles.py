@@ -24,8 +24,7 @@ are cropped from the output.
 Given weights. :func:`window_aggregate` is the second half alone, for operators that compute each
 query's k x k window weights themselves (SAN's patchwise attention): the weights are scattered into
 the same (queries x halo region) matrices, zero outside each query's window, and applied to the
-values with the same batched product (or, on small maps, to the whole map, the weights of slots
-that read the same pixel summed). :func:`window_gather` lays out every query's k x k window of a
+values with the same batched product (small maps are one tile). :func:`window_gather` lays out every query's k x k window of a
 map as channels (``nn.Unfold`` order) under the same border rule.
 
 Chunking. On the CPU in eager mode the batch is processed in slices whose logits fit in the
@@ -387,8 +386,7 @@ def window_aggregate(
     repeated on maps smaller than the window). This is :func:`tiled_window_attention` after its
     softmax: the weights are scattered into the (queries x halo region) matrix of each tile (zero
     outside a query's window) and applied with one batched product; maps of at most
-    ``_WHOLE_MAP_MAX_PIXELS`` pixels use one (queries x pixels) matrix per item instead, where the
-    weights of slots that read the same pixel add up.
+    ``_WHOLE_MAP_MAX_PIXELS`` pixels are one tile.
 
     Args:
         value: (m, d, H, W).
@@ -406,17 +404,10 @@ def window_aggregate(
     out_h, out_w = -(-h // s), -(-w // s)
     slots = k * k
     if tile is None and h * w <= _WHOLE_MAP_MAX_PIXELS:
-        sources = _window_sources(h, w, k, s, value.device)  # (H'*W', k*k)
-
-        def whole_map(v: Tensor, wts: Tensor) -> tuple[Tensor, None]:
-            per_slot = wts.flatten(2).transpose(1, 2)  # (m, H'*W', k*k)
-            index = sources.expand(per_slot.shape[0], -1, -1)
-            dense = per_slot.new_zeros(per_slot.shape[0], out_h * out_w, h * w)
-            dense = dense.scatter_add(2, index, per_slot)
-            out = torch.bmm(v.flatten(2), dense.transpose(1, 2))  # (m, d, H'*W')
-            return out.view(-1, d, out_h, out_w), None
-
-        return _chunked(whole_map, (value, weights), out_h * out_w * h * w, False)
+        # One tile over the whole (padded) map: each query's slots are distinct padded pixels, so
+        # the weights are placed with a plain scatter (a scatter-add over reflected duplicates is
+        # exported to ONNX without its reduction by some exporters).
+        tile = (out_h, out_w)
     tile_h, tile_w = tile or tile_size(out_h, out_w, s)
     tiles_h, tiles_w = -(-out_h // tile_h), -(-out_w // tile_w)
     region = (_region(tile_h, k, s), _region(tile_w, k, s))

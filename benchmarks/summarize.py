@@ -28,6 +28,7 @@ RUNS = {
     "b1_swin": "batch 1 at 224x224, Swin-T against ACmix-Swin-T",
     "scaling": "batch 1, 224 to 640 px, the resolution sweep",
     "deploy_all": "batch 1 at 224x224, every registered model before and after re-parameterisation",
+    "b8_224_san": "batch 8 at 224x224, SAN-10/15/19 against ACmix-SAN (forward and training step)",
 }
 
 
@@ -168,6 +169,30 @@ def model_targets() -> list[tuple[str, str, str, str]]:
             "b8_224",
         )
     )
+    out += san_rows()
+    return out
+
+
+def san_rows() -> list[tuple[str, str, str, str]]:
+    """ACmix-SAN against SAN, forward and training step (reported, no target; rows appear once
+    the run is committed: see benchmarks/README.md)."""
+    san = load("b8_224_san")
+    out = []
+    if san is None:
+        return out
+    for depth in (10, 15, 19):
+        for mode, what in (("forward", "forward"), ("train", "training step")):
+            base = row(san, f"san{depth}", mode=mode)
+            mixed = row(san, f"acmix_san{depth}", mode=mode)
+            x = ratio(mixed, base)
+            out.append(
+                (
+                    f"`acmix_san{depth}` / `san{depth}` {what} (reported, no target)",
+                    f"{fmt(x)}x ({fmt(ms(mixed), 1)} vs {fmt(ms(base), 1)} ms)",
+                    "reported",
+                    "b8_224_san",
+                )
+            )
     return out
 
 

@@ -59,6 +59,8 @@ def render(rows: list[dict]) -> str:
         "ACmix's count is the work executed: its window attention evaluates tiles with masked",
         "slots (or whole small maps), more products than the paper's 49 per query, so the",
         "ACmix rows count about 0.3 GMACs more than the paper's convention (docs: ACmix operator).",
+        "SAN rows count the same way (halo tiles of the window sum); the SAN paper's figures come",
+        "from its own counter, which also counts BatchNorm, ReLU and pooling elements (docs: SAN).",
         "",
         "| model | family | params (M) | GMACs | input | paper top-1 | paper params (M) "
         "| paper GMACs | official checkpoint |",

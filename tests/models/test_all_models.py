@@ -19,6 +19,8 @@ HEAVY = {
     "swin_small",
     "acmix_swin_small",
     "glnet_stl_paramslot",
+    "san19",
+    "acmix_san19",
 }
 
 

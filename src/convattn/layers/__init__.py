@@ -1,7 +1,8 @@
 """Operators and small building blocks (NCHW).
 
 The papers' operators, each a drop-in for a KxK convolution ``(in_channels, out_channels, stride)``:
-:class:`XVolution`, :class:`ACmix`, :class:`GLMix`; the baselines :class:`GlobalSelfAttention2d`
+:class:`XVolution`, :class:`ACmix`, :class:`GLMix`, SAN's :class:`PatchwiseSelfAttention` and
+:class:`ACmixPatchwiseAttention`; the baselines :class:`GlobalSelfAttention2d`
 and :class:`Involution2d`; and the blocks the backbones are built from.
 """
 
@@ -22,6 +23,7 @@ from .involution import Involution2d, involution_aggregate
 from .layer_scale import LayerScale, layer_scale
 from .mlp import ResidualDepthwiseConv, conv_mlp
 from .norm import LayerNorm2d
+from .san import ACmixPatchwiseAttention, PatchwiseSelfAttention, san_window_index
 from .window_attention import (
     WindowAttention,
     relative_position_index,
@@ -44,6 +46,7 @@ from .xvolution import (
 __all__ = [
     "ACmix",
     "ACmixConvPath",
+    "ACmixPatchwiseAttention",
     "ACmixWindowAttention",
     "CentreModulatedConv2d",
     "ConvBN",
@@ -57,6 +60,7 @@ __all__ = [
     "LayerNorm2d",
     "LayerScale",
     "MultiheadSelfAttention",
+    "PatchwiseSelfAttention",
     "PixelShiftAttention",
     "ResidualDepthwiseConv",
     "WindowAttention",
@@ -80,6 +84,7 @@ __all__ = [
     "pssa_directions",
     "relative_position_index",
     "resolve_num_heads",
+    "san_window_index",
     "shifted_window_mask",
     "window_partition",
     "window_reverse",

@@ -21,6 +21,12 @@ reflection is not enough (maps smaller than the window), the index keeps reflect
 (:func:`reflect_index`). Rows and columns added only to complete the last tile feed queries that
 are cropped from the output.
 
+Given weights. :func:`window_aggregate` is the second half alone, for operators that compute each
+query's k x k window weights themselves (SAN's patchwise attention): the weights are scattered into
+the same (queries x halo region) matrices, zero outside each query's window, and applied to the
+values with the same batched product (small maps are one tile). :func:`window_gather` lays out every query's k x k window of a
+map as channels (``nn.Unfold`` order) under the same border rule.
+
 Chunking. On the CPU in eager mode the batch is processed in slices whose logits fit in the
 last-level cache (2-3x faster at 56 x 56 on a 2-core EPYC); under tracing (``torch.export``,
 ONNX, ``torch.compile``) and on other devices the whole batch is one slice, so no graph depends
@@ -43,6 +49,8 @@ __all__ = [
     "reflect_pad",
     "tile_size",
     "tiled_window_attention",
+    "window_aggregate",
+    "window_gather",
     "window_mask",
 ]
 
@@ -123,11 +131,12 @@ def _window_columns(tile_h: int, tile_w: int, kernel_size: int, stride: int, dev
     """(tile_h*tile_w, k*k) region column of window slot (dy, dx) of every query of a tile."""
     k, s = kernel_size, stride
     region_w = _region(tile_w, k, s)
-    i = torch.arange(tile_h, device=device).view(-1, 1, 1, 1)
-    j = torch.arange(tile_w, device=device).view(1, -1, 1, 1)
-    dy = torch.arange(k, device=device).view(1, 1, -1, 1)
-    dx = torch.arange(k, device=device).view(1, 1, 1, -1)
-    return ((s * i + dy) * region_w + s * j + dx).reshape(tile_h * tile_w, k * k)
+    with torch.inference_mode(False):  # cached, and saved for backward by later training steps
+        i = torch.arange(tile_h, device=device).view(-1, 1, 1, 1)
+        j = torch.arange(tile_w, device=device).view(1, -1, 1, 1)
+        dy = torch.arange(k, device=device).view(1, 1, -1, 1)
+        dx = torch.arange(k, device=device).view(1, 1, 1, -1)
+        return ((s * i + dy) * region_w + s * j + dx).reshape(tile_h * tile_w, k * k)
 
 
 # Tile sides per output-map size, measured (benchmarks/bench_acmix.py, "tile sizes") on a 2-core
@@ -171,13 +180,14 @@ def _window_sources(height: int, width: int, kernel_size: int, stride: int, devi
     """(H'*W', k*k) flat input pixel read by window slot (dy, dx) of every query (border rule)."""
     k, pad = kernel_size, kernel_size // 2
     out_h, out_w = -(-height // stride), -(-width // stride)
-    offsets = torch.arange(k, device=device)
-    rows = _reflected(height, -pad, height + pad, device)
-    cols = _reflected(width, -pad, width + pad, device)
-    row = rows[stride * torch.arange(out_h, device=device).view(-1, 1) + offsets]  # (H', k)
-    col = cols[stride * torch.arange(out_w, device=device).view(-1, 1) + offsets]  # (W', k)
-    index = row.view(out_h, 1, k, 1) * width + col.view(1, out_w, 1, k)
-    return index.reshape(out_h * out_w, k * k)
+    with torch.inference_mode(False):  # cached, and saved for backward by later training steps
+        offsets = torch.arange(k, device=device)
+        rows = _reflected(height, -pad, height + pad, device)
+        cols = _reflected(width, -pad, width + pad, device)
+        row = rows[stride * torch.arange(out_h, device=device).view(-1, 1) + offsets]  # (H', k)
+        col = cols[stride * torch.arange(out_w, device=device).view(-1, 1) + offsets]  # (W', k)
+        index = row.view(out_h, 1, k, 1) * width + col.view(1, out_w, 1, k)
+        return index.reshape(out_h * out_w, k * k)
 
 
 @cached_in_eager
@@ -318,3 +328,91 @@ def _chunk_length(like: Tensor, n: int, logits_per_item: int) -> int:
     if like.device.type != "cpu" or is_tracing():
         return n
     return max(1, min(n, math.ceil(_CPU_LOGITS_PER_CHUNK / max(1, logits_per_item))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Window weights given per slot (aggregation without a softmax of our own)
+# --------------------------------------------------------------------------------------------------
+
+
+def window_gather(x: Tensor, kernel_size: int, stride: int = 1) -> Tensor:
+    """Every output pixel's k x k window of ``x`` as channels, with the border rule above.
+
+    ``out[n, c * k*k + j, y, x]`` is ``x[n, c]`` at window slot j = dy * k + dx of input pixel
+    (s*y, s*x): the ``nn.Unfold`` order on the reflect-padded map, defined on maps of any size.
+
+    Args:
+        x: (n, c, H, W).
+        kernel_size: window side k (odd).
+        stride: s.
+
+    Returns:
+        (n, c * k*k, ceil(H/s), ceil(W/s)).
+    """
+    c, h, w = _sizes(x)[1:]
+    out_h, out_w = -(-h // stride), -(-w // stride)
+    sources = _window_sources(h, w, kernel_size, stride, x.device)  # (H'*W', k*k)
+    windows = x.flatten(2).index_select(2, sources.t().flatten())  # (n, c, k*k * H'*W')
+    return windows.view(-1, c * kernel_size * kernel_size, out_h, out_w)
+
+
+def window_aggregate(
+    value: Tensor,
+    weights: Tensor,
+    kernel_size: int,
+    stride: int = 1,
+    tile: tuple[int, int] | None = None,
+) -> Tensor:
+    """Weighted sum over every query's k x k window of values, the weights given per slot.
+
+    ``out[m, :, y, x] = sum_j weights[m, j, y, x] * value[m, :, slot j of input pixel (s*y, s*x)]``,
+    slot j = dy * k + dx (the ``nn.Unfold`` order), with the border rule above (reflection,
+    repeated on maps smaller than the window). This is :func:`tiled_window_attention` after its
+    softmax: the weights are scattered into the (queries x halo region) matrix of each tile (zero
+    outside a query's window) and applied with one batched product; maps of at most
+    ``_WHOLE_MAP_MAX_PIXELS`` pixels are one tile.
+
+    Args:
+        value: (m, d, H, W).
+        weights: (m, k*k, ceil(H/s), ceil(W/s)).
+        kernel_size: window side k (odd).
+        stride: s.
+        tile: (tile_h, tile_w) queries per tile (default: :func:`tile_size`; giving it forces the
+            tiled path).
+
+    Returns:
+        (m, d, ceil(H/s), ceil(W/s)) in the dtype of ``value``.
+    """
+    d, h, w = _sizes(value)[1:]
+    k, s = kernel_size, stride
+    out_h, out_w = -(-h // s), -(-w // s)
+    slots = k * k
+    if tile is None and h * w <= _WHOLE_MAP_MAX_PIXELS:
+        # One tile over the whole (padded) map: each query's slots are distinct padded pixels, so
+        # the weights are placed with a plain scatter (a scatter-add over reflected duplicates is
+        # exported to ONNX without its reduction by some exporters).
+        tile = (out_h, out_w)
+    tile_h, tile_w = tile or tile_size(out_h, out_w, s)
+    tiles_h, tiles_w = -(-out_h // tile_h), -(-out_w // tile_w)
+    region = (_region(tile_h, k, s), _region(tile_w, k, s))
+    step = (s * tile_h, s * tile_w)
+    pad = k // 2
+    bottom = step[0] * (tiles_h - 1) + region[0] - pad - h
+    right = step[1] * (tiles_w - 1) + region[1] - pad - w
+    columns = _window_columns(tile_h, tile_w, k, s, value.device)  # (tile_h*tile_w, k*k)
+    queries, region_size = tile_h * tile_w, region[0] * region[1]
+
+    def tiled(v: Tensor, wts: Tensor) -> tuple[Tensor, None]:
+        values = _to_tiles(reflect_pad(v, pad, bottom, right), tiles_h, tiles_w, region, step)
+        wts = F.pad(wts, (0, tiles_w * tile_w - out_w, 0, tiles_h * tile_h - out_h))
+        wts = wts.view(-1, slots, tiles_h, tile_h, tiles_w, tile_w).permute(0, 2, 4, 3, 5, 1)
+        wts = wts.reshape(-1, queries, slots)  # (m * tiles, queries, k*k)
+        index = columns.expand(wts.shape[0], -1, -1)
+        dense = wts.new_zeros(wts.shape[0], queries, region_size).scatter(2, index, wts)
+        out = torch.bmm(dense, values.transpose(1, 2))  # (m * tiles, queries, d)
+        out = out.view(-1, tiles_h, tiles_w, tile_h, tile_w, d).permute(0, 5, 1, 3, 2, 4)
+        out = out.reshape(-1, d, tiles_h * tile_h, tiles_w * tile_w)[..., :out_h, :out_w]
+        return out, None
+
+    per_item = tiles_h * tiles_w * queries * region_size
+    return _chunked(tiled, (value, weights), per_item, False)

@@ -12,6 +12,7 @@ from .drop import DropPath, drop_path
 from .glmix import GLMix, GLMixBlock
 from .involution import Involution2d, involution_aggregate
 from .norm import LayerNorm2d
+from .sr_attention import ACmixSpatialReductionAttention, SpatialReductionAttention
 from .window_attention import (
     WindowAttention,
     relative_position_index,
@@ -34,6 +35,7 @@ from .xvolution import (
 __all__ = [
     "ACmix",
     "ACmixConvPath",
+    "ACmixSpatialReductionAttention",
     "ACmixWindowAttention",
     "CentreModulatedConv2d",
     "ConvBN",
@@ -46,6 +48,7 @@ __all__ = [
     "LayerNorm2d",
     "MultiheadSelfAttention",
     "PixelShiftAttention",
+    "SpatialReductionAttention",
     "WindowAttention",
     "XVolution",
     "bn_scale_shift",

@@ -50,6 +50,13 @@ def patch_owner_index(size: int, ratio: int, device: torch.device | str = "cpu")
     return torch.clamp(torch.arange(size, device=device) // ratio, max=size // ratio - 1)
 
 
+def _is_size(s: object) -> bool:
+    """A positive int; while traced (TorchScript ONNX export) also a 0-d integer tensor."""
+    if isinstance(s, Tensor):
+        return s.dim() == 0 and not s.is_floating_point() and not s.is_complex()
+    return isinstance(s, (int, torch.SymInt)) and not isinstance(s, bool) and s > 0
+
+
 class SpatialReductionAttention(nn.Module):
     """PVT v1 spatial-reduction attention (official ``Attention``), on tokens.
 
@@ -119,7 +126,7 @@ class SpatialReductionAttention(nn.Module):
         if (
             not isinstance(size, (tuple, list))
             or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+            or not all(_is_size(s) for s in size)
         ):
             raise ValueError(
                 f"{owner}: argument 'size' must be a pair of positive ints (H, W), got {size!r}"

@@ -389,6 +389,7 @@ _PVT_PAPER = (
     "Convolutions, ICCV 2021"
 )
 _ACMIX_PAPER = "Pan et al., On the Integration of Self-Attention and Convolution, CVPR 2022"
+_ACMIX_WEIGHTS = "not released (no official ACmix-PVT code)"
 _COMMON = dict(first_conv="stages.0.patch_embed.proj", classifier="head", crop_pct=0.875)
 
 # Official configurations (whai362/PVT classification/pvt.py: pvt_tiny, pvt_small).
@@ -436,10 +437,20 @@ default_cfgs = {
         official_checkpoint="pvt_small.pth (whai362/PVT release v2)",
     ),
     "acmix_pvt_tiny": make_cfg(
-        **_COMMON, paper=_ACMIX_PAPER, paper_top1=78.0, paper_params_m=13.0, paper_gmacs=2.0
+        **_COMMON,
+        paper=_ACMIX_PAPER,
+        paper_top1=78.0,
+        paper_params_m=13.0,
+        paper_gmacs=2.0,
+        official_checkpoint=_ACMIX_WEIGHTS,
     ),
     "acmix_pvt_small": make_cfg(
-        **_COMMON, paper=_ACMIX_PAPER, paper_top1=81.7, paper_params_m=25.0, paper_gmacs=3.9
+        **_COMMON,
+        paper=_ACMIX_PAPER,
+        paper_top1=81.7,
+        paper_params_m=25.0,
+        paper_gmacs=3.9,
+        official_checkpoint=_ACMIX_WEIGHTS,
     ),
     "pvt_nano": make_cfg(**(_COMMON | _SMALL_INPUT), paper=_PVT_PAPER, model_args=dict(_NANO)),
     "acmix_pvt_nano": make_cfg(

@@ -214,8 +214,13 @@ class ACmixSpatialReductionAttention(SpatialReductionAttention):
     (both 0.5). ``load_state_dict`` also accepts ACmix's names ``fc.*`` / ``dep_conv.weight``.
 
     Args:
-        dim, num_heads, sr_ratio, qkv_bias, attn_drop, proj_drop, norm_eps: as in
-            :class:`SpatialReductionAttention`.
+        dim: token width C.
+        num_heads: heads N; must divide ``dim``.
+        sr_ratio: spatial-reduction ratio r (1: plain global attention).
+        qkv_bias: learn biases in ``q`` and ``kv``.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the combination.
+        norm_eps: epsilon of the LayerNorm after ``sr``.
         kernel_conv: kernel side of the shift convolution (odd; ACmix: 3).
     """
 

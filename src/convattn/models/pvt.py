@@ -334,7 +334,9 @@ class PyramidVisionTransformer(nn.Module):
         tokens = x
         for i in range(upto + 1):
             stage = self.stages[i]
-            cls = self.cls_token if stage.num_prefix_tokens else None
+            # Expanded here, so the stage gets a non-leaf tensor: module-input hooks (the backward
+            # MAC counter's) cannot handle a parameter passed as a module argument.
+            cls = self.cls_token.expand(x.shape[0], -1, -1) if stage.num_prefix_tokens else None
             tokens, size = stage(x, cls)
             x = _to_map(tokens, size, stage.num_prefix_tokens)
             maps.append(x)

@@ -230,3 +230,13 @@ def test_macs_at_224(name):
         assert abs(macs - published) < 0.05e9
     else:
         assert abs(macs / published - 1) < 0.03
+
+
+@pytest.mark.parametrize("name", ["pvt_nano", "acmix_pvt_nano"])
+def test_mac_counters_run_forward_and_training_step(name):
+    """The class token is not passed as a module argument (it broke the module-input hooks)."""
+    from convattn.bench.flops import count_train_macs
+
+    model = convattn.create_model(name)
+    forward = count_macs(model, (1, 3, 32, 32))
+    assert count_train_macs(model, (1, 3, 32, 32)) > 2 * forward > 0

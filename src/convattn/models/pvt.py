@@ -146,18 +146,23 @@ class PVTStage(nn.Module):
         grid = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
         return grid.flatten(2).transpose(1, 2)
 
-    def forward(self, x: Tensor, cls_token: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
-        """NCHW input -> ((B, prefix + H*W, C) tokens, (H, W))."""
+    def embed(self, x: Tensor, cls_token: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
+        """Patch embedding + position embedding (class token first where the stage has one)."""
         tokens, (h, w) = self.patch_embed(x)
         pos = self.position_embedding(h, w)
         if self.num_prefix_tokens:
-            assert cls_token is not None
+            if cls_token is None:
+                raise ValueError("PVTStage: this stage needs 'cls_token' (1, 1, C)")
             tokens = torch.cat([cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
             pos = torch.cat([self.pos_embed[:, : self.num_prefix_tokens], pos], dim=1)
-        x = self.pos_drop(tokens + pos)
+        return self.pos_drop(tokens + pos), (h, w)
+
+    def forward(self, x: Tensor, cls_token: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
+        """NCHW input -> ((B, prefix + H*W, C) tokens, (H, W))."""
+        x, size = self.embed(x, cls_token)
         for block in self.blocks:
-            x = block(x, (h, w))
-        return x, (h, w)
+            x = block(x, size)
+        return x, size
 
 
 def _to_map(tokens: Tensor, size: tuple[int, int], prefix: int) -> Tensor:
@@ -334,10 +339,12 @@ class PyramidVisionTransformer(nn.Module):
         tokens = x
         for i in range(upto + 1):
             stage = self.stages[i]
-            # Expanded here, so the stage gets a non-leaf tensor: module-input hooks (the backward
-            # MAC counter's) cannot handle a parameter passed as a module argument.
-            cls = self.cls_token.expand(x.shape[0], -1, -1) if stage.num_prefix_tokens else None
-            tokens, size = stage(x, cls)
+            # The stage's pieces are called here rather than the stage itself: a parameter (the
+            # class token) passed as a module argument breaks the module-input hooks of the MAC
+            # counters (FlopCounterMode's module tracker).
+            tokens, size = stage.embed(x, self.cls_token if stage.num_prefix_tokens else None)
+            for block in stage.blocks:
+                tokens = block(tokens, size)
             x = _to_map(tokens, size, stage.num_prefix_tokens)
             maps.append(x)
         return maps, tokens

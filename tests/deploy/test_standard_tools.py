@@ -25,7 +25,7 @@ from convattn.deploy import reparameterize_model
 from convattn.layers import ACmix, Involution2d
 
 ALL = convattn.list_models()
-DEFAULT = {"acmix_resnet_nano", "san_nano", "acmix_san_nano"}
+DEFAULT = {"acmix_resnet_nano", "san_nano", "acmix_san_nano", "acmix_pvt_nano"}
 FORMS = ["train", "deploy"]
 RTOL = 1e-4
 

@@ -24,6 +24,7 @@ from .layer_scale import LayerScale, layer_scale
 from .mlp import ResidualDepthwiseConv, conv_mlp
 from .norm import LayerNorm2d
 from .san import ACmixPatchwiseAttention, PatchwiseSelfAttention, san_window_index
+from .sr_attention import ACmixSpatialReductionAttention, SpatialReductionAttention
 from .window_attention import (
     WindowAttention,
     relative_position_index,
@@ -47,6 +48,7 @@ __all__ = [
     "ACmix",
     "ACmixConvPath",
     "ACmixPatchwiseAttention",
+    "ACmixSpatialReductionAttention",
     "ACmixWindowAttention",
     "CentreModulatedConv2d",
     "ConvBN",
@@ -63,6 +65,7 @@ __all__ = [
     "PatchwiseSelfAttention",
     "PixelShiftAttention",
     "ResidualDepthwiseConv",
+    "SpatialReductionAttention",
     "WindowAttention",
     "XVolution",
     "bn_scale_shift",

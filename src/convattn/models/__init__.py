@@ -1,7 +1,7 @@
 """Backbones (one file per family) behind one ``create_model`` API."""
 
 # Importing the family modules registers their models.
-from . import glnet, resnet, san, swin  # noqa: F401  (registers the models)
+from . import glnet, pvt, resnet, san, swin  # noqa: F401  (registers the models)
 from ._builder import adapt_input_conv, create_model, load_checkpoint, read_state_dict
 from ._features import FeatureInfo, FeatureListNet
 from ._init_from import InitReport, init_from_pretrained

@@ -222,9 +222,10 @@ class ACmixPatchwiseAttention(PatchwiseSelfAttention):
     Extra parameters: ``conv_path.fc``, ``conv_path.dep_conv``, ``rate1``, ``rate2`` (0.5 each at
     init, as ACmix). ``reparameterize()`` also folds the rates (both then read 1).
 
+    The other arguments are those of :class:`PatchwiseSelfAttention`; ``out_channels`` must also
+    be divisible by ``rel_channels``.
+
     Args:
-        in_channels, out_channels, stride, kernel_size, rel_channels, share_planes, deploy: as
-            :class:`PatchwiseSelfAttention`; ``out_channels`` must be divisible by ``rel_channels``.
         kernel_conv: kernel side of the shift convolution (odd; ACmix: 3).
     """
 

@@ -17,7 +17,7 @@ the final norm, 1e-5 in the patch embeddings and after ``sr`` (as the official c
 
 Layout: ``stages.{i}.{patch_embed.{proj,norm}, pos_embed, blocks.{j}.{norm1, attn.{q,kv,sr,norm,
 proj}, norm2, mlp.{fc1,fc2}}}``, ``cls_token``, ``norm``, ``head``. Official checkpoints (flat
-``patch_embed{i}``, ``pos_embed{i}``, ``block{i}``) load through :func:`checkpoint_filter_fn`.
+``patch_embed{i}``, ``pos_embed{i}``, ``block{i}``) load through :func:`checkpoint_filter_fn` (the model's ``checkpoint_filter``).
 The position embeddings keep the official shapes (stage 4's holds the class token's entry first).
 
 Input sizes: the official code accepts any size and floors at every patch embedding. Here each
@@ -368,6 +368,10 @@ class PyramidVisionTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def checkpoint_filter(self, state_dict: dict) -> dict:
+        """An official PVT state dict in this model's layout (:func:`checkpoint_filter_fn`)."""
+        return checkpoint_filter_fn(state_dict, self)
 
 
 _OFFICIAL = re.compile(r"^(patch_embed|pos_embed|block)([1-9])(.*)$")

@@ -43,7 +43,7 @@ from ._features import resolve_out_indices
 from ._helpers import make_cfg, stochastic_depth_rates
 from ._registry import register_model
 
-__all__ = ["SAN", "SANBottleneck", "checkpoint_filter_fn"]
+__all__ = ["SAN", "SANBottleneck"]
 
 _OPERATORS = {"patchwise": PatchwiseSelfAttention, "acmix_patchwise": ACmixPatchwiseAttention}
 
@@ -200,12 +200,6 @@ class SAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """Official SAN checkpoints use our names (``module.`` is stripped by the builder; the
-    attention modules stack ``conv1/conv2/conv3`` into ``qkv`` when loading): pass through."""
-    return state_dict
 
 
 # --- configurations ------------------------------------------------------------------------------

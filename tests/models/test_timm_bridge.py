@@ -25,7 +25,14 @@ CHEAP = [
     "acmix_resnet_nano",
     "acmix_swin_nano",
     "glnet_nano",
+    "san_nano",
+    "acmix_san_nano",
+    "pvt_nano",
+    "acmix_pvt_nano",
 ]
+# The class-token family (timm's ViT convention): forward_features returns tokens (B, 1 + N, C)
+# and the pooling choices are "token", "avg", "". Every other family returns an NCHW map.
+TOKEN_MODELS = {"pvt_nano", "acmix_pvt_nano"}
 SWIN_64 = dict(
     patch_size=2, embed_dim=24, depths=(2, 2, 1, 1), num_heads=(1, 2, 4, 8), window_size=4
 )
@@ -83,10 +90,24 @@ def test_pretrained_cfg_is_complete_and_resolves_the_data_config(timm):
     assert timm.data.resolve_data_config({}, model=model)["mean"] == (0.5, 0.5, 0.5)
 
 
+def _check_unpooled(model, out: torch.Tensor, pool_size) -> None:
+    """``out`` is unpooled features: an NCHW map of pool_size, or (class-token family) tokens."""
+    if model.pool_types == timm_bridge.TOKEN_POOL_TYPES:  # timm's ViT layout (B, prefix + N, C)
+        n = math.prod(pool_size)
+        assert out.shape == (out.shape[0], model.num_prefix_tokens + n, model.num_features)
+    else:
+        assert out.dim() == 4 and out.shape[1] == model.num_features
+        assert tuple(out.shape[-2:]) == tuple(pool_size)
+
+
 @pytest.mark.parametrize("name", CHEAP)
 def test_default_cfg_contract(timm, name):
-    """timm's test_model_default_cfgs, on our models."""
+    """timm's test_model_default_cfgs (test_model_default_cfgs_non_std for the class-token
+    family: features are tokens, pooled by "token" / "avg"), on our models."""
     model = timm.create_model(timm_name(name)).eval()
+    token = name in TOKEN_MODELS
+    assert model.default_pool == ("token" if token else "avg") == model.pool_type
+    assert (model.pool_types == timm_bridge.TOKEN_POOL_TYPES) == token
     cfg = model.default_cfg
     assert cfg is model.pretrained_cfg
     for key in ("input_size", "pool_size", "first_conv", "classifier", "mean", "std", "crop_pct"):
@@ -96,29 +117,46 @@ def test_default_cfg_contract(timm, name):
     x = torch.randn(1, *cfg["input_size"])
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape[1] == model.num_features
-        assert tuple(feats.shape[-2:]) == tuple(cfg["pool_size"])
+        _check_unpooled(model, feats, cfg["pool_size"])
+        # pool_size is the last stage's map at the default input size, for every family.
+        last = model.forward_intermediates(x, indices=1, intermediates_only=True)[0]
+        assert tuple(last.shape[-2:]) == tuple(cfg["pool_size"])
         pre = model.forward_head(feats, pre_logits=True)
         assert pre.shape == (1, model.num_features) == (1, model.head_hidden_size)
+        default_pooled = feats[:, 0] if token else feats.mean((2, 3))
+        torch.testing.assert_close(pre, default_pooled)
         torch.testing.assert_close(model.get_classifier()(pre), model(x))
         model.reset_classifier(0)
         assert model(x).shape == (1, model.num_features)
         model.reset_classifier(0, "")
         out = model(x)
-        assert out.dim() == 4 and tuple(out.shape[-2:]) == tuple(cfg["pool_size"])
-        model.reset_classifier(5, "max")
+        _check_unpooled(model, out, cfg["pool_size"])
+        torch.testing.assert_close(out, feats)
+        other, other_pooled = (
+            ("avg", feats[:, 1:].mean(1)) if token else ("max", feats.amax((2, 3)))
+        )
+        model.reset_classifier(5, other)
         assert model(x).shape == (1, 5)
-        torch.testing.assert_close(model.forward_head(feats, pre_logits=True), feats.amax((2, 3)))
+        torch.testing.assert_close(model.forward_head(feats, pre_logits=True), other_pooled)
+        model.reset_classifier(4)  # keeps the pooling chosen before
+        assert model.pool_type == other
         bare = timm.create_model(timm_name(name), num_classes=0, global_pool="").eval()
-        assert bare(x).dim() == 4
+        _check_unpooled(bare, bare(x), cfg["pool_size"])
+        model.reset_classifier(0, "")
+        model.reset_classifier(3)  # a classifier again: the family's default pooling
+        assert model.pool_type == model.default_pool
     with pytest.raises(ValueError, match="global_pool"):
         model.reset_classifier(3, "")
     with pytest.raises(ValueError, match="global_pool"):
         model.reset_classifier(3, "mean")
+    with pytest.raises(ValueError, match="global_pool"):  # the other family's pooling
+        model.reset_classifier(3, "max" if token else "token")
+    with pytest.raises(ValueError, match="global_pool"):
+        timm.create_model(timm_name(name), global_pool="max" if token else "token")
 
 
 @pytest.mark.parametrize("name", CHEAP)
-def test_forward_intermediates_and_grad_checkpointing(timm, name):
+def test_forward_intermediates_and_grad_checkpointing(timm, name, monkeypatch):
     """timm's test_model_forward_intermediates, plus gradients under checkpointing."""
     torch.manual_seed(0)
     model = timm.create_model(timm_name(name), num_classes=4, drop_path_rate=0.2).eval()
@@ -127,24 +165,39 @@ def test_forward_intermediates_and_grad_checkpointing(timm, name):
     with torch.no_grad():
         final, inter = model.forward_intermediates(x, output_fmt="NCHW")
         torch.testing.assert_close(final, model.forward_features(x))
+        assert len(inter) == len(model.feature_info)
         for t, c, r in zip(inter, info.channels(), info.reduction()):
-            assert t.shape[1] == c and t.shape[-1] == math.ceil(x.shape[-1] / r)
+            assert t.dim() == 4 and t.shape[1] == c and t.shape[-1] == math.ceil(x.shape[-1] / r)
         only = model.forward_intermediates(x, indices=[1, -1], intermediates_only=True)
         torch.testing.assert_close(only[0], inter[1])
         torch.testing.assert_close(only[1], inter[-1])
         normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
-        torch.testing.assert_close(normed[0], final)
+        if name in TOKEN_MODELS:
+            # The last map is the patch tokens of the final features (class token left out).
+            b, c, h, w = normed[0].shape
+            assert final.shape == (b, 1 + h * w, c)
+            torch.testing.assert_close(normed[0].flatten(2).transpose(1, 2), final[:, 1:])
+        else:
+            torch.testing.assert_close(normed[0], final)
     with pytest.raises(ValueError, match="output_fmt"):
         model.forward_intermediates(x, output_fmt="NHWC")
 
     # Training mode (stochastic depth on): same outputs and gradients with checkpointing.
     model.train()
     results = []
+    checkpointed = []
+    real_checkpoint = timm_bridge.checkpoint
+    monkeypatch.setattr(
+        timm_bridge,
+        "checkpoint",
+        lambda fn, *args, **kw: checkpointed.append(fn) or real_checkpoint(fn, *args, **kw),
+    )
     for enable in (False, True):
         model.set_grad_checkpointing(enable)
         model.zero_grad()
         torch.manual_seed(1)
         out = model(x)
+        assert bool(checkpointed) == enable  # checkpointing really is on (and only then)
         out.square().sum().backward()
         grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
         results.append((out.detach(), grads))
@@ -154,9 +207,18 @@ def test_forward_intermediates_and_grad_checkpointing(timm, name):
         torch.testing.assert_close(results[1][1][k], g, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["resnet_nano", "acmix_swin_nano", "glnet_nano"])
-def test_create_model_arguments(timm, name):
-    x = _input(name, batch=1, chans=1)
+@pytest.mark.parametrize(
+    ("name", "num_stages"),
+    [
+        ("resnet_nano", 4),
+        ("acmix_swin_nano", 4),
+        ("glnet_nano", 4),
+        ("san_nano", 5),
+        ("pvt_nano", 4),
+    ],
+)
+def test_create_model_arguments(timm, name, num_stages):
+    x = _input(name, batch=2, chans=1)  # 2: SAN-nano's last map is 1x1 (BatchNorm in training)
     feats = timm.create_model(timm_name(name), features_only=True, out_indices=(1, 3), in_chans=1)
     from timm.models._features import FeatureGetterNet
 
@@ -164,16 +226,35 @@ def test_create_model_arguments(timm, name):
     outs = feats(x)
     assert [o.shape[1] for o in outs] == feats.feature_info.channels()
     assert len(outs) == 2 and feats.feature_info.reduction()[0] < feats.feature_info.reduction()[1]
+    # features_only without out_indices: every stage of the family (SAN has five).
+    every = timm.create_model(timm_name(name), features_only=True, in_chans=1)
+    assert len(every(x)) == len(every.feature_info.channels()) == num_stages
+    assert every.feature_info.out_indices == tuple(range(num_stages))
     last2 = timm.create_model(timm_name(name), features_only=True, out_indices=2, in_chans=1)
     assert len(last2(x)) == 2
+    # Pruned to the first two stages: the same maps as the whole model's (same weights).
+    torch.manual_seed(0)
+    first2 = timm.create_model(timm_name(name), features_only=True, out_indices=(0, 1), in_chans=1)
+    torch.manual_seed(0)
+    whole = timm.create_model(timm_name(name), in_chans=1).eval()
+    with torch.no_grad():
+        expected = whole.forward_intermediates(x, indices=(0, 1), intermediates_only=True)
+        got = first2.eval()(x)
+    assert len(got) == 2
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    assert sum(p.numel() for p in first2.parameters()) < sum(p.numel() for p in whole.parameters())
     model = timm.create_model(timm_name(name), num_classes=3, in_chans=1, drop_path_rate=0.3)
-    assert model(x).shape == (1, 3) and model.in_chans == 1
+    assert model(x).shape == (2, 3) and model.in_chans == 1
     rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
     assert rates and max(rates) == pytest.approx(0.3)
     dropped = timm.create_model(timm_name(name), num_classes=3, drop_rate=0.5).train()
     assert dropped.drop_rate == 0.5
     torch.manual_seed(0)
-    pooled = torch.ones(64, dropped.num_features, 1, 1)
+    if name in TOKEN_MODELS:  # tokens (B, 1 + N, C)
+        pooled = torch.ones(64, 5, dropped.num_features)
+    else:
+        pooled = torch.ones(64, dropped.num_features, 1, 1)
     kept = dropped.forward_head(pooled, pre_logits=True)
     assert 0 < (kept == 0).float().mean() < 1  # classifier dropout is active in training
 
@@ -186,8 +267,56 @@ def test_to_timm_model_keeps_weights_and_outputs(timm):
         adapted = convattn.models.to_timm_model(ours)
         torch.testing.assert_close(adapted(x), before)
     assert isinstance(adapted, timm_bridge.TimmResNet)
-    with pytest.raises(TypeError, match="'model' must be a convattn"):
+    with pytest.raises(TypeError, match="'model' must be a model of a convattn family"):
         convattn.models.to_timm_model(torch.nn.Linear(2, 2))
+    for name, adapter, pool in (
+        ("san_nano", timm_bridge.TimmSAN, "avg"),
+        ("pvt_nano", timm_bridge.TimmPyramidVisionTransformer, "token"),
+    ):
+        ours = convattn.create_model(name, num_classes=5).eval()
+        x = _input(name)
+        with torch.no_grad():
+            before = ours(x)
+            adapted = convattn.models.to_timm_model(ours)
+            torch.testing.assert_close(adapted(x), before)
+        assert isinstance(adapted, adapter) and adapted.pool_type == pool
+    with pytest.raises(ValueError, match="'global_pool' must be one of"):
+        convattn.models.to_timm_model(convattn.create_model("pvt_nano"), global_pool="max")
+
+
+def test_every_registered_model_builds_through_timm_with_its_family_adapter(timm):
+    """Every convattn model (meta device: no memory, no compute) comes out of timm.create_model
+    with timm's interface: a family added without an adapter fails here."""
+    for name in convattn.list_models():
+        with torch.device("meta"):
+            model = timm.create_model(timm_name(name))
+        assert isinstance(model, timm_bridge.TimmContract), name
+        assert type(model).__mro__[1:].count(timm_bridge.TimmContract) == 1
+        family = next(c for c in type(model).__mro__ if c in timm_bridge._ADAPTERS)
+        assert timm_bridge._ADAPTERS[family] is type(model), name
+        assert model.pool_type == model.default_pool and model.pool_type in model.pool_types
+        n = len(model.feature_info)
+        assert n >= 1 and model.pretrained_cfg["architecture"] == timm_name(name)
+
+
+def test_glnet_token_label_through_timm(timm):
+    """The token-labeling GLNet keeps its eval output (class + aux_weight * max token logits)."""
+    # glnet_nano's sizes (for 32x32 inputs).
+    small = dict(depths=(1, 1, 2, 1), widths=(32, 64, 96, 128), num_slots=16, stem_stride=2)
+    torch.manual_seed(0)
+    ours = convattn.create_model("glnet_4g_tklb", num_classes=4, **small).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = ours(x)
+        adapted = convattn.models.to_timm_model(ours)
+        assert isinstance(adapted, timm_bridge.TimmGLNetTokenLabel)
+        torch.testing.assert_close(adapted(x), before)
+        feats = adapted.forward_features(x)
+        pre = adapted.forward_head(feats, pre_logits=True)
+        torch.testing.assert_close(pre, feats.mean((2, 3)))
+        adapted.reset_classifier(0, "")
+        assert adapted.tklb_aux_head is None
+        torch.testing.assert_close(adapted(x), feats)
 
 
 def test_local_dir_folder_through_timm(timm, tmp_path):

@@ -343,11 +343,16 @@ class PyramidVisionTransformer(nn.Module):
             # class token) passed as a module argument breaks the module-input hooks of the MAC
             # counters (FlopCounterMode's module tracker).
             tokens, size = stage.embed(x, self.cls_token if stage.num_prefix_tokens else None)
-            for block in stage.blocks:
-                tokens = block(tokens, size)
+            tokens = self._run_blocks(stage.blocks, tokens, size)
             x = _to_map(tokens, size, stage.num_prefix_tokens)
             maps.append(x)
         return maps, tokens
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """A stage's blocks on its tokens (the timm adapter checkpoints them here)."""
+        for block in blocks:
+            x = block(x, size)
+        return x
 
     def forward_intermediates(
         self, x: Tensor, indices: Sequence[int] | int | None = None
@@ -428,8 +433,9 @@ _NANO = dict(
     sr_ratios=(4, 2, 2, 1),
     drop_path_rate=0.1,
 )
+# pool_size: the last stage's map at the default input (32 / 16 = 2 for the nano models).
 _SMALL_INPUT = dict(
-    input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3
+    input_size=(3, 32, 32), pool_size=(2, 2), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3
 )
 
 default_cfgs = {

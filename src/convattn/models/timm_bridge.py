@@ -15,17 +15,25 @@ Registration: ``import convattn`` registers the models when timm has already bee
 otherwise call :func:`register_timm_models` (or ``convattn.register_timm_models()``) once, which
 imports timm. The call is idempotent.
 
-timm's interface is provided by adapter classes (:class:`TimmResNet`, :class:`TimmSwinTransformer`,
-:class:`TimmGLNet`): subclasses of our families with the same parameters and state-dict keys that
-add what timm's contract asks for:
+timm's interface is provided by adapter classes, one per family (:class:`TimmResNet`,
+:class:`TimmSwinTransformer`, :class:`TimmGLNet`, :class:`TimmGLNetTokenLabel`, :class:`TimmSAN`,
+:class:`TimmPyramidVisionTransformer`): subclasses of our families with the same parameters and
+state-dict keys that add what timm's contract asks for:
 
-* ``reset_classifier(num_classes, global_pool=None)`` with pooling ``"avg"``, ``"max"``,
-  ``"avgmax"`` or ``""`` (no pooling: ``forward`` then returns the NCHW map, classifier removed);
+* ``reset_classifier(num_classes, global_pool=None)``. The convolutional families (ResNet, Swin,
+  GLNet, SAN) pool their NCHW map with ``"avg"`` (default), ``"max"``, ``"avgmax"`` or ``""`` (no
+  pooling: ``forward`` then returns the NCHW map, classifier removed). PVT follows timm's
+  class-token (ViT) convention: ``forward_features`` returns the normalised tokens
+  ``(B, 1 + N, C)``, pooled by ``"token"`` (default: the class token, as the paper's classifier),
+  ``"avg"`` (mean of the N patch tokens) or ``""`` (the tokens themselves, no classifier). The
+  choices of a family are its adapter's ``pool_types``, its default ``default_pool``;
 * ``forward_head(x, pre_logits=False)`` with classifier dropout ``drop_rate`` (timm's meaning of
   ``drop_rate``: dropout before the classifier);
 * ``set_grad_checkpointing(enable)``: activation checkpointing per stage (outputs unchanged);
-* ``forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)`` and
-  ``prune_intermediate_layers`` (timm's signatures; ``features_only=True`` uses them);
+* ``forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)`` (NCHW
+  stage outputs, PVT's included) and ``prune_intermediate_layers`` (timm's signatures;
+  ``features_only=True`` uses them and returns every stage by default: four for most families,
+  five for SAN);
 * ``pretrained_cfg`` / ``default_cfg`` with every field timm's data pipeline reads.
 
 :func:`to_timm_model` turns a model built by :func:`convattn.create_model` into its adapter in
@@ -47,15 +55,20 @@ from torch.utils.checkpoint import checkpoint
 
 from ._features import resolve_out_indices
 from ._registry import get_pretrained_cfg, list_models, model_entrypoint
-from .glnet import GLNet
+from .glnet import GLNet, GLNetTokenLabel
+from .pvt import PyramidVisionTransformer
 from .resnet import ResNet
+from .san import SAN
 from .swin import SwinTransformer
 
 __all__ = [
     "TIMM_PREFIX",
     "TimmContract",
     "TimmGLNet",
+    "TimmGLNetTokenLabel",
+    "TimmPyramidVisionTransformer",
     "TimmResNet",
+    "TimmSAN",
     "TimmSwinTransformer",
     "convattn_name",
     "register_timm_models",
@@ -65,16 +78,18 @@ __all__ = [
 ]
 
 TIMM_PREFIX = "convattn_"
-POOL_TYPES = ("avg", "max", "avgmax", "")
+POOL_TYPES = ("avg", "max", "avgmax", "")  # the pooling of the families with an NCHW map
+TOKEN_POOL_TYPES = ("token", "avg", "")  # the pooling of the class-token family (PVT)
 # timm reads each registered model's cfg from its module's ``default_cfgs`` (filled on registration).
 default_cfgs: dict[str, dict[str, Any]] = {}
 _registered: list[str] = []
-_NUM_STAGES = 4  # every convattn family has four stages (features_only returns all by default)
 
 
-def _check_pool(global_pool: str, num_classes: int, owner: str) -> str:
-    if global_pool not in POOL_TYPES:
-        raise ValueError(f"{owner}: 'global_pool' must be one of {POOL_TYPES}, got {global_pool!r}")
+def _check_pool(
+    global_pool: str, num_classes: int, owner: str, pool_types: tuple[str, ...] = POOL_TYPES
+) -> str:
+    if global_pool not in pool_types:
+        raise ValueError(f"{owner}: 'global_pool' must be one of {pool_types}, got {global_pool!r}")
     if global_pool == "" and num_classes > 0:
         raise ValueError(
             f"{owner}: pooling can only be disabled (global_pool='') together with the "
@@ -93,16 +108,25 @@ def convattn_name(name: str) -> str:
     return name[len(TIMM_PREFIX) :] if name.startswith(TIMM_PREFIX) else name
 
 
+def _check_output_fmt(output_fmt: Any) -> None:
+    if str(getattr(output_fmt, "value", output_fmt)) != "NCHW":
+        raise ValueError(f"forward_intermediates: 'output_fmt' must be 'NCHW', got {output_fmt!r}")
+
+
 # --- the adapters ----------------------------------------------------------------------------------
 class TimmContract:
     """Mixin: timm's model interface on top of a convattn backbone (see the module docstring).
 
-    Subclasses implement :meth:`_stage_modules` (the stage modules, in order), :meth:`_final_norm`
-    (what ``forward_features`` applies to the last stage output) and :meth:`_prune_stages_after`.
+    Subclasses implement :meth:`_stage_modules` (the stage modules, in order) or
+    :meth:`_run_stages_checkpointed`, :meth:`_final_norm` (what ``forward_features`` applies to the
+    last stage output) and :meth:`_prune_stages_after`; a family whose features are not an NCHW map
+    also sets ``pool_types`` / ``default_pool`` and overrides :meth:`_pool`.
     """
 
     grad_checkpointing: bool = False
     drop_rate: float = 0.0
+    pool_types: tuple[str, ...] = POOL_TYPES
+    default_pool: str = "avg"
     pool_type: str = "avg"
 
     # family hooks
@@ -132,20 +156,25 @@ class TimmContract:
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New classifier of ``num_classes`` outputs (0: none); ``global_pool`` as in timm."""
         if global_pool is None:
-            global_pool = "avg" if self.pool_type == "" and num_classes > 0 else self.pool_type
-        self.pool_type = _check_pool(global_pool, num_classes, "reset_classifier")
+            keep = not (self.pool_type == "" and num_classes > 0)
+            global_pool = self.pool_type if keep else self.default_pool
+        self.pool_type = _check_pool(global_pool, num_classes, "reset_classifier", self.pool_types)
         super().reset_classifier(num_classes)  # type: ignore[misc]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.grad_checkpointing and torch.is_grad_enabled()):
             return super().forward_features(x)  # type: ignore[misc]
+        return self._forward_features_checkpointed(x)
+
+    def _forward_features_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)  # type: ignore[attr-defined]
         return self._final_norm_tokens(self._run_stages_checkpointed(x))
 
     def _final_norm_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self._final_norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_features``' output -> (B, num_features) by ``pool_type`` ("": unchanged)."""
         pool = self.pool_type
         if pool == "avg":
             x = x.mean(dim=(2, 3))
@@ -153,6 +182,10 @@ class TimmContract:
             x = x.amax(dim=(2, 3))
         elif pool == "avgmax":
             x = 0.5 * (x.mean(dim=(2, 3)) + x.amax(dim=(2, 3)))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self._pool(x)
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.get_classifier()(x)  # type: ignore[attr-defined]
@@ -180,10 +213,7 @@ class TimmContract:
         Returns:
             The list of stage outputs, or ``(forward_features(x), that list)``.
         """
-        if str(getattr(output_fmt, "value", output_fmt)) != "NCHW":
-            raise ValueError(
-                f"forward_intermediates: 'output_fmt' must be 'NCHW', got {output_fmt!r}"
-            )
+        _check_output_fmt(output_fmt)
         n = len(self.feature_info)  # type: ignore[attr-defined]
         take = resolve_out_indices(indices, n)
         run = take if intermediates_only else tuple(sorted(set(take) | {n - 1}))
@@ -259,33 +289,145 @@ class TimmGLNet(TimmContract, GLNet):
             self.downsample_layers[i] = nn.Identity()
 
 
+class TimmGLNetTokenLabel(TimmGLNet, GLNetTokenLabel):
+    """:class:`~convattn.models.glnet.GLNetTokenLabel` with timm's model interface.
+
+    ``forward_head`` (and so eval-mode ``forward``) adds the token head's term to the pooled
+    classifier's logits as the family does; the training-mode ``forward`` (MixToken, returning
+    ``(class logits, token logits, box)``) is the family's own.
+    """
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = super().forward_head(x, pre_logits=True)
+        if pre_logits or self.tklb_aux_head is None:
+            return pooled if pre_logits else self.head(pooled)
+        tokens = x.flatten(2).transpose(1, 2)
+        return self.head(pooled) + self.aux_weight * self.tklb_aux_head(tokens).amax(dim=1)
+
+
+class TimmSAN(TimmContract, SAN):
+    """:class:`~convattn.models.san.SAN` with timm's model interface (five stages)."""
+
+    def _run_stages_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        # A SAN stage is max-pool, conv_i, layer_i, bn_i, ReLU: forward_stage, not one module.
+        for i in range(self.num_stages):
+            x = checkpoint(self.forward_stage, x, i, use_reentrant=False)
+        return x
+
+    def _prune_stages_after(self, last: int) -> None:
+        for i in range(last + 1, self.num_stages):
+            for name in (f"conv{i}", f"layer{i}", f"bn{i}"):
+                setattr(self, name, nn.Identity())
+
+
+class TimmPyramidVisionTransformer(TimmContract, PyramidVisionTransformer):
+    """:class:`~convattn.models.pvt.PyramidVisionTransformer` with timm's class-token interface.
+
+    As timm's ViTs: ``forward_features`` returns the normalised tokens ``(B, 1 + N, C)`` (class
+    token first), pooled by ``"token"`` (the class token, default), ``"avg"`` (mean of the patch
+    tokens) or ``""`` (no pooling, only without classifier); ``num_prefix_tokens`` is 1.
+    ``forward_intermediates`` returns the NCHW maps of the stages (class token left out); with
+    ``norm=True`` the last one passes through the final LayerNorm. Gradient checkpointing
+    recomputes each block.
+    """
+
+    pool_types = TOKEN_POOL_TYPES
+    default_pool = "token"
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.stages[-1].num_prefix_tokens
+
+    def _run_blocks(
+        self, blocks: nn.ModuleList, x: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return super()._run_blocks(blocks, x, size)
+        for block in blocks:
+            x = checkpoint(block, x, size, use_reentrant=False)
+        return x
+
+    def _forward_features_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        return super(TimmContract, self).forward_features(x)  # _run_blocks checkpoints
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:  # NCHW map of the last stage
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "token":
+            return x[:, 0]
+        if self.pool_type == "avg":
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Sequence[int] | int | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's ``forward_intermediates``: NCHW stage maps (and the final tokens).
+
+        Arguments as :meth:`TimmContract.forward_intermediates`; the final features returned with
+        the maps (``intermediates_only=False``) are ``forward_features(x)``, tokens (B, 1 + N, C).
+        """
+        _check_output_fmt(output_fmt)
+        n = len(self.feature_info)
+        take = sorted(set(resolve_out_indices(indices, n)))
+        maps, tokens = self._run(x, take[-1] if intermediates_only else n - 1)
+        inter = [maps[i] for i in take]
+        if norm and n - 1 in take:
+            inter[-1] = self._final_norm(inter[-1])
+        return inter if intermediates_only else (self.norm(tokens), inter)
+
+    def _prune_stages_after(self, last: int) -> None:
+        # The later stages (the class token's included) are dropped: the pruned model serves
+        # forward_intermediates up to stage ``last`` (what features_only uses).
+        del self.stages[last + 1 :]
+
+
+# One adapter per family class (exact type: a subclass with its own forward needs its own).
 _ADAPTERS: dict[type, type] = {
     ResNet: TimmResNet,
     SwinTransformer: TimmSwinTransformer,
     GLNet: TimmGLNet,
+    GLNetTokenLabel: TimmGLNetTokenLabel,
+    SAN: TimmSAN,
+    PyramidVisionTransformer: TimmPyramidVisionTransformer,
 }
 
 
-def to_timm_model(model: nn.Module, drop_rate: float = 0.0, global_pool: str = "avg") -> nn.Module:
+def to_timm_model(
+    model: nn.Module, drop_rate: float = 0.0, global_pool: str | None = None
+) -> nn.Module:
     """Give a convattn backbone timm's interface, in place (same parameters and keys); returns it.
 
     Args:
         model: a model of a convattn family (built by :func:`convattn.create_model`).
         drop_rate: dropout before the classifier.
-        global_pool: ``"avg"``, ``"max"``, ``"avgmax"`` or ``""`` (only with no classifier).
+        global_pool: one of the family's pooling choices (the adapter's ``pool_types``: ``"avg"``,
+            ``"max"``, ``"avgmax"``, ``""`` for the NCHW families, ``"token"``, ``"avg"``, ``""``
+            for PVT; ``""`` only with no classifier); None: the family's default (``"avg"``,
+            PVT ``"token"``).
     """
     if isinstance(model, TimmContract):
         adapter = type(model)
     else:
         adapter = next((a for base, a in _ADAPTERS.items() if type(model) is base), None)
         if adapter is None:
+            families = ", ".join(base.__name__ for base in _ADAPTERS)
             raise TypeError(
-                f"to_timm_model: 'model' must be a convattn ResNet, SwinTransformer or GLNet, "
+                f"to_timm_model: 'model' must be a model of a convattn family ({families}), "
                 f"got {type(model).__name__}"
             )
     if not 0.0 <= drop_rate < 1.0:
         raise ValueError(f"to_timm_model: 'drop_rate' must be in [0, 1), got {drop_rate!r}")
-    pool = _check_pool(global_pool, model.num_classes, "to_timm_model")
+    if global_pool is None:
+        global_pool = adapter.default_pool
+    pool = _check_pool(global_pool, model.num_classes, "to_timm_model", adapter.pool_types)
     model.__class__ = adapter
     model.drop_rate = float(drop_rate)
     model.pool_type = pool
@@ -346,7 +488,7 @@ def _build(name: str, **kwargs: Any) -> nn.Module:
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     kwargs.pop("pretrained", None)
     model = model_entrypoint(name)(**kwargs)
-    to_timm_model(model, drop_rate, "avg" if global_pool is None else global_pool)
+    to_timm_model(model, drop_rate, global_pool)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
@@ -363,7 +505,10 @@ def _make_entrypoint(name: str) -> Callable[..., nn.Module]:
             tname,
             pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(_NUM_STAGES))),
+            # out_indices None: every stage of the built model (FeatureGetterNet hands it to
+            # prune_intermediate_layers, which resolves it against the model's feature_info:
+            # four stages for most families, five for SAN).
+            feature_cfg=dict(feature_cls="getter", out_indices=None),
             **kwargs,
         )
 

@@ -178,10 +178,9 @@ def run_demo(
     """
     from .data import BatchAugment, build_datasets, create_loader
     from .models import create_model, is_model
-    from .train import TrainConfig, import_model_families, plot_accuracy_comparison, plot_latency
+    from .train import TrainConfig, plot_accuracy_comparison, plot_latency
     from .train import train as train_model
 
-    import_model_families()
     names = list(models or DEMO_MODELS)
     unknown = [n for n in names if not is_model(n)]
     if unknown:

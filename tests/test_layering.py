@@ -8,6 +8,7 @@ inside a function counts as much as one at the top of a file.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lower rank = lower layer. A module may import its own rank or lower ones.
 RANK = {
     "_io": 0,
+    "_numerics": 0,
     "layers": 0,
     "models": 1,
     **dict.fromkeys(("data", "train", "bench", "deploy", "viz"), 2),
@@ -150,3 +152,37 @@ def test_the_cycle_check_catches_a_planted_cycle(tmp_path):
     assert cycles_within_packages(import_graph(tmp_path)) == [
         ("convattn.bench.plots", "convattn.bench.report")
     ]
+
+
+TEST_IMPORT = re.compile(
+    r"^\s*(from|import)\s+(tests\b|ref_\w+)"  # a test module or a literal test oracle
+    r"|[\"']ref_\w+[\"']"  # an oracle imported by name (importlib)
+    r"|/\s*[\"']tests[\"']|[\"']tests/",  # a path into the tests folder (for sys.path)
+    re.MULTILINE,
+)
+
+
+def test_the_package_benchmarks_and_scripts_do_not_import_the_tests():
+    """The test oracles stay independent: nothing outside tests/ imports them."""
+    root = SRC.parent
+    offenders = [
+        str(path.relative_to(root))
+        for folder in ("src", "benchmarks", "scripts", "docs")
+        for path in sorted((root / folder).rglob("*.py"))
+        if TEST_IMPORT.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "from ref_acmix import acmix_reference\n",
+        "import tests.helpers\n",
+        'sys.path.insert(0, str(ROOT / "tests" / "layers"))\n',
+        'REF_DIR = ROOT / "tests" / "layers"\n',
+        'ref = importlib.import_module("ref_xvolution")\n',
+    ],
+)
+def test_the_test_import_check_catches_a_planted_import(line):
+    assert TEST_IMPORT.search("import sys\n" + line)

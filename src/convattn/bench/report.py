@@ -18,8 +18,10 @@ __all__ = [
     "derive",
     "fit_exponent",
     "mode_label",
+    "profile_summary",
     "render_markdown",
     "scaling_exponents",
+    "target_table",
     "write_outputs",
 ]
 
@@ -208,3 +210,29 @@ def write_outputs(report: dict, out_dir: str | Path, plots: bool = True) -> list
 
         paths += write_plots(report, out)
     return paths
+
+
+def target_table(targets: list[dict], passed: str = "PASS", missed: str = "FAIL") -> list[str]:
+    """Markdown lines of a target table from rows ``{"name", "value", "goal", "pass"}``.
+
+    The verdict column reads ``passed`` or ``missed``; the first two lines are the header.
+    """
+    lines = ["| target | measured | goal | verdict |", "|---|---|---|---|"]
+    for t in targets:
+        verdict = passed if t["pass"] else missed
+        lines.append(f"| {t['name']} | {t['value']} | {t['goal']} | {verdict} |")
+    return lines
+
+
+def profile_summary(profile: dict, top: int | None = None, calls: bool = False) -> str:
+    """``"op 12 ms; op 3 ms"`` from a profile ``{"top": [{"op", "ms", "calls"}, ...]}``.
+
+    Args:
+        profile: the operators with the most self CPU time, most first.
+        top: how many to list (all if None).
+        calls: append each operator's call count (``"(4x)"``).
+    """
+    rows = profile["top"][:top]
+    return "; ".join(
+        f"{t['op']} {t['ms']:.0f} ms" + (f" ({t['calls']}x)" if calls else "") for t in rows
+    )

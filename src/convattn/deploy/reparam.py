@@ -2,8 +2,7 @@
 
 ``reparameterize_model`` walks a model and calls each module's ``reparameterize()`` (alias
 ``switch_to_deploy``), with the semantics of timm's ``timm.utils.reparameterize_model`` (a deep copy
-unless ``inplace``; idempotent), so timm users' tooling and ours agree
-(``shared/specs/ecosystem.md`` section 2.1, "re-param"). What each family folds:
+unless ``inplace``; idempotent), so timm users' tooling and ours agree. What each family folds:
 
 * X-volution (arXiv 2106.02253): both branch BNs and, for PSSA, both branches into one dynamic
   convolution (:meth:`~convattn.layers.xvolution.XVolution.reparameterize`).

@@ -2,7 +2,7 @@
 
 Paper: Xuanhong Chen, Hang Wang, Bingbing Ni, "X-volution: On the Unification of Convolution and
 Self-attention", arXiv:2106.02253. No official code exists; this implements the reconstruction documented in
-``docs/operators/xvolution.md`` (the § numbers below name its parts):
+``docs/notes/xvolution.md`` (the § numbers below name its sections):
 
 - §1.4 Pixel Shift Self-Attention (PSSA), with ``q = s·p`` the input centre of output pixel ``p``::
 
@@ -91,7 +91,7 @@ def _check_directions(directions: Sequence[Direction], owner: str) -> tuple[Dire
 def _wide_dtype(x: torch.Tensor) -> torch.dtype | None:
     """float32 where second-order products would be formed in float16 (overflow past 65504).
 
-    bfloat16 has float32's range, so it is left alone (spec §2, mixed precision).
+    bfloat16 has float32's range, so it is left alone (§2, mixed precision).
     """
     device = x.device.type
     half_autocast = (
@@ -114,7 +114,7 @@ def pixel_shift_products(
 
     Returns:
         (B, |D|, C, ceil(H/stride), ceil(W/stride)), direction-major, so that ``flatten(1, 2)`` is
-        the spec's channel concatenation of the maps P_d. The memory is channels-last
+        the channel concatenation of the maps P_d of §1.4. The memory is channels-last
         (B, Ho, Wo, |D|, C): the 1x1 weighting then runs as one GEMM over |D|·C contiguous
         channels, about twice as fast on CPU (oneDNN) as from planar maps.
     """
@@ -177,7 +177,7 @@ def _pssa(
 
     ``weights`` are per direction: (C_out, C_in, |D|) for a full weighting, one 1x1 conv over the
     stacked products; or (C, 1, |D|) diagonal, computed as X[c,q] · (depthwise conv of X)[c,q].
-    Float16 work runs in float32 (spec §2: the products are second order and overflow 65504).
+    Float16 work runs in float32 (§2: the products are second order and overflow 65504).
     """
     wide = _wide_dtype(x)
     if wide is not None:

@@ -51,7 +51,7 @@ def slot_assignments(logits: Tensor, mode: str = "dispatch") -> Tensor:
     Args:
         logits: (B, S, ...) logits, slots on dim 1 and pixels on the remaining dims.
         mode: ``"dispatch"``: softmax over the slots (dim 1), i.e. how each pixel reads the updated
-            slots back (spec glmix.md step 7; what the paper's figure shows); ``"clustering"``:
+            slots back (``docs/notes/glmix.md`` §1 step 7; what the paper's figure shows); ``"clustering"``:
             softmax over the pixels, i.e. how each slot gathers pixels (step 5).
 
     Returns:
@@ -147,7 +147,7 @@ def swin_window_attention_weights(block: SwinTransformerBlock, x: Tensor) -> Swi
     q, k, _ = windows.permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, n, d)
     logits = (q * attn.scale) @ k.transpose(-2, -1)
     # Token t of a w' x w' window sits at (t // w', t % w'); in the module's w x w bias table that
-    # is token (t // w') * w + t % w' (the clamped window is embedded top-left, spec of swin.py).
+    # is token (t // w') * w + t % w' (the clamped window is embedded top-left, as in swin.py).
     inner = torch.arange(n, device=x.device)
     inner = (inner // window) * attn.window_size + inner % window
     bias = attn.relative_position_bias()[:, inner][:, :, inner]  # (heads, n, n)

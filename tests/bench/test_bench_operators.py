@@ -120,8 +120,11 @@ def test_render_reproduces_the_committed_operator_report(tmp_path):
 
 
 def test_bad_options_are_named():
+    """Rejected before anything global changes (the thread count stays the test process's)."""
+    threads = torch.get_num_threads()
     parser = ops.add_operator_arguments(argparse.ArgumentParser())
     with pytest.raises(ValueError, match="--paired-rounds"):
         ops.run_operator_benchmark(parser.parse_args(["--paired-rounds", "0"]), None, Path("."))
     with pytest.raises(ValueError, match="--ops: unknown operator names \\['nope'\\]"):
         ops.run_operator_benchmark(parser.parse_args(["--ops", "nope"]), None, Path("."))
+    assert torch.get_num_threads() == threads

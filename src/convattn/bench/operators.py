@@ -819,6 +819,13 @@ def run_operator_benchmark(args: argparse.Namespace, targets: Targets, results: 
         report = json.loads(args.render.read_text())
         write_outputs(report, args.render.parent, not args.no_plots)
         return report
+    all_names = [op.name for op in OPERATORS] + [ref.name for ref in REFERENCES]
+    names = [n for n in all_names if args.ops is None or n in args.ops]
+    if args.ops:
+        unknown = sorted(set(args.ops) - set(all_names))
+        if unknown:
+            raise ValueError(f"--ops: unknown operator names {unknown}; choose from {all_names}")
+    # Options are checked above: only a run that measures changes the process's thread count.
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     quick = args.quick
@@ -837,12 +844,6 @@ def run_operator_benchmark(args: argparse.Namespace, targets: Targets, results: 
         quick=quick,
         paired_rounds=args.paired_rounds or (2 if quick else 30),
     )
-    all_names = [op.name for op in OPERATORS] + [ref.name for ref in REFERENCES]
-    names = [n for n in all_names if args.ops is None or n in args.ops]
-    if args.ops:
-        unknown = sorted(set(args.ops) - set(all_names))
-        if unknown:
-            raise ValueError(f"--ops: unknown operator names {unknown}; choose from {all_names}")
 
     start = time.perf_counter()
 

@@ -11,8 +11,8 @@ process, in interleaved rounds (A then B, then B then A, ...), with a fixed intr
 the median of the per-round ratios is reported with its quartiles. Peak memory is the peak-RSS
 growth of a fresh process running one step (``convattn.bench.memory``).
 
-1. The ACmix module at 64ch@56x56, batch 8, against the literal unfold form of the official
-   algorithm (``tests/layers/ref_acmix.py``, the test oracle): forward, forward + backward, memory.
+1. The ACmix module at 64ch@56x56, batch 8, against the unfold form of the official algorithm
+   (``convattn.bench.baselines.acmix_unfold``): forward, forward + backward, memory.
 2. Tile sizes at ACmix-ResNet-50's stage shapes (the table behind ``tile_size``).
 3. ``acmix_resnet50`` against ``resnet50`` at batch 8, 224x224: forward and training step.
 4. ``acmix_swin_tiny`` against ``swin_tiny``: forward.
@@ -26,34 +26,28 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "layers"))  # the literal reference (test oracle)
+import convattn
+from convattn._numerics import max_relative_deviation
+from convattn.bench.baselines import acmix_unfold
+from convattn.bench.machine import environment
+from convattn.bench.memory import peak_memory_mib, return_freed_memory_to_os
+from convattn.bench.report import profile_summary, target_table
+from convattn.bench.timing import interleaved_samples
+from convattn.layers import ACmix
+from convattn.layers import _window_tiles as tiles
 
-import convattn  # noqa: E402
-from convattn.bench.machine import environment  # noqa: E402
-from convattn.bench.memory import peak_memory_mib, return_freed_memory_to_os  # noqa: E402
-from convattn.layers import ACmix  # noqa: E402
-from convattn.layers import _window_tiles as tiles  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def interleaved(steps: dict, rounds: int, warmup: int = 1) -> dict:
     """Time the callables of ``steps`` in alternating order; per-round ratios to the first one."""
     names = list(steps)
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_samples(steps, rounds, warmup)
     base = names[0]
     out = {}
     for name in names:
@@ -68,14 +62,10 @@ def interleaved(steps: dict, rounds: int, warmup: int = 1) -> dict:
 
 
 def _acmix_pair(channels: int, size: int, batch: int, stride: int = 1):
-    from ref_acmix import acmix_reference, official_module_state_dict
-
     torch.manual_seed(0)
-    sd = official_module_state_dict(channels, channels, 4, dtype=torch.float32)
-    module = ACmix(channels, channels, stride)
-    module.load_state_dict(dict(sd))
+    module = ACmix(channels, channels, stride)  # k_att 7, 4 heads
     x = torch.randn(batch, channels, size, size)
-    return module, (lambda inp: acmix_reference(inp, sd, 4, 7, stride)), x
+    return module, (lambda inp: acmix_unfold(module, inp)), x
 
 
 def _step(fn, x: torch.Tensor, train: bool):
@@ -96,7 +86,7 @@ def module_vs_reference(channels: int, size: int, batch: int, rounds: int) -> di
         out, ref = module(x), reference(x)
     result = {
         "shape": f"{channels}ch@{size}x{size}, batch {batch}",
-        "max_rel_difference": float((out - ref).abs().max() / ref.abs().max()),
+        "max_rel_difference": max_relative_deviation(out, ref),
     }
     for mode, train in (("forward", False), ("forward_backward", True)):
         steps = {"reference": _step(reference, x, train), "acmix": _step(module, x, train)}
@@ -247,19 +237,15 @@ def render(report: dict) -> str:
         f"load average at start {report['load_start']}, end {report['load_end']}.",
         "Ratios are medians of interleaved per-round ratios [quartiles].",
         "",
-        "| target | measured | goal | verdict |",
-        "|---|---|---|---|",
+        *target_table(report["targets"]),
     ]
-    for t in report["targets"]:
-        verdict = "PASS" if t["pass"] else "FAIL"
-        lines.append(f"| {t['name']} | {t['value']} | {t['goal']} | {verdict} |")
     lines += [
         "",
         "## Where the time goes (self CPU time per operator, one step, torch.profiler)",
         "",
     ]
     for label, prof in report["profiles"].items():
-        ops = "; ".join(f"{t['op']} {t['ms']:.0f} ms ({t['calls']}x)" for t in prof["top"])
+        ops = profile_summary(prof, calls=True)
         lines += [f"- **{label}** (total {prof['total_ms']:.0f} ms): {ops}"]
     lines += ["", "## Tile sizes (forward, time relative to the chosen tile; > 1 = slower)", ""]
     for sweep, rows in report["tiles"].items():

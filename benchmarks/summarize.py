@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from convattn.bench.report import profile_summary, target_table
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = RESULTS / "models"
@@ -285,14 +287,14 @@ ANALYSIS = """\
 - **ACmix nano models** are dominated by per-operator overhead: at 32 px with 4 channels per head
   each batched product is tiny, so the attention's dozen operators per block cost more than the
   convolutions they sit beside.
-- **X-volution** does about twice the multiply-adds of the convolution it replaces (spec §6): the
-  3x3 conv plus a 1x1 GEMM over the 8 stacked neighbour products. Re-parameterisation folds the
-  two BatchNorms and merges the branches into one operator, but it cannot remove multiply-adds,
-  so the deploy form is only a few percent faster than the training form in eval mode at one
-  layer (the BN passes and one addition disappear; its GEMMs run channels-last on large maps).
-  The operator benchmark decides that target from interleaved A/B rounds rather than from two
-  separate timing runs, whose drift here is larger than the effect. In the whole network only
-  stage 3 uses X-volution, so the deploy model stays close to ResNet-50.
+- **X-volution** does about twice the multiply-adds of the convolution it replaces
+  (`docs/notes/xvolution.md`, §6): the 3x3 conv plus a 1x1 GEMM over the 8 stacked neighbour
+  products. Re-parameterisation folds the two BatchNorms and merges the branches into one operator,
+  but it cannot remove multiply-adds, so the deploy form is only a few percent faster than the
+  training form in eval mode at one layer (the BN passes and one addition disappear; its GEMMs run
+  channels-last on large maps). The operator benchmark decides that target from interleaved A/B
+  rounds rather than from two separate timing runs, whose drift here is larger than the effect. In
+  the whole network only stage 3 uses X-volution, so the deploy model stays close to ResNet-50.
 - **ACmix-Swin-T** adds the convolution path (`fc` and the grouped shift convolution on the full
   map) to every window-attention block: about +10 % over Swin-T at batch 8.
 - **GLNet** mixes with depthwise convolutions on the pixel grid and attention among 64 slots, so
@@ -317,16 +319,11 @@ def acmix_section() -> list[str]:
         "ratio [quartiles]. Details: "
         "[benchmarks/results/acmix/results.md](benchmarks/results/acmix/results.md).",
         "",
-        "| target | measured | goal | verdict |",
-        "|---|---|---|---|",
+        *target_table(report["targets"], missed="**MISSED**", passed="**PASS**"),
     ]
-    for t in report["targets"]:
-        verdict = "PASS" if t["pass"] else "MISSED"
-        lines.append(f"| {t['name']} | {t['value']} | {t['goal']} | **{verdict}** |")
     lines += ["", "Where the time goes (self CPU time per operator, one step):", ""]
     for label, prof in report["profiles"].items():
-        ops = "; ".join(f"{t['op']} {t['ms']:.0f} ms" for t in prof["top"][:6])
-        lines.append(f"- {label}, total {prof['total_ms']:.0f} ms: {ops}")
+        lines.append(f"- {label}, total {prof['total_ms']:.0f} ms: {profile_summary(prof, top=6)}")
     return lines
 
 

@@ -15,7 +15,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_official_key_maps_ship_with_the_tests():
-    """The tests that need the official layouts read them from the repository, not ../shared."""
+    """The tests that need the official layouts read them from the repository."""
     names = {p.name for p in (ROOT / "tests" / "official_keys").glob("*.json")}
     assert {"acmix_resnet26.json", "acmix_swin_tiny.json", "glnet_4g.json"} <= names
 

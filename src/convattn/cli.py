@@ -31,9 +31,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _check_model(name: str | None) -> None:
     from .models import is_model
-    from .train import import_model_families
 
-    import_model_families()
     if name is not None and not is_model(name):
         raise CliError(
             f"unknown model '{name}'; run 'convattn models' to list the registered names"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._numerics import max_relative_deviation
 from .bench.flops import count_macs, count_params
+from .bench.timing import time_steps
 
 __all__ = [
     "DEMO_MODELS",
@@ -88,14 +89,7 @@ def measure_latency(model: nn.Module, img_size: int, repeats: int = 15, warmup: 
     """Median wall time (ms) of one batch-1 forward pass on the CPU, eval mode, float32."""
     model.eval()
     x = torch.randn(1, 3, img_size, img_size)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return float(time_steps(lambda: model(x), warmup, repeats)["median_ms"])
 
 
 @torch.no_grad()
@@ -121,8 +115,7 @@ def _deploy_check(model: nn.Module, loader, normalise: nn.Module) -> dict[str, A
     changed_form = deployed.state_dict().keys() != model.state_dict().keys()
     train_logits = _predict(model, loader, normalise)
     deploy_logits = _predict(deployed, loader, normalise)
-    scale = train_logits.abs().max().clamp_min(1e-12)
-    rel_dev = float((deploy_logits - train_logits).abs().max() / scale)
+    rel_dev = max_relative_deviation(deploy_logits, train_logits)
     agree = float((deploy_logits.argmax(1) == train_logits.argmax(1)).float().mean() * 100)
     return {
         "deployed": deployed,
@@ -178,10 +171,9 @@ def run_demo(
     """
     from .data import BatchAugment, build_datasets, create_loader
     from .models import create_model, is_model
-    from .train import TrainConfig, import_model_families, plot_accuracy_comparison, plot_latency
+    from .train import TrainConfig, plot_accuracy_comparison, plot_latency
     from .train import train as train_model
 
-    import_model_families()
     names = list(models or DEMO_MODELS)
     unknown = [n for n in names if not is_model(n)]
     if unknown:
@@ -476,7 +468,7 @@ def run_operator_demo(size: int = 28, channels: int = 64, batch: int = 2) -> int
         deploy_form.reparameterize()
         x_odd = torch.randn(batch, channels, size + 1, size - 1)
         expected, actual = train_form(x_odd), deploy_form(x_odd)
-        err = (actual - expected).abs().max().item() / expected.abs().max().item()
+        err = max_relative_deviation(actual, expected)
         passed = err < 1e-5
         ok &= passed
         print(

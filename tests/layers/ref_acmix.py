@@ -1,4 +1,4 @@
-"""Literal references for ACmix, written from the spec (/work/shared/specs/acmix.md 1.1-1.5 and 3).
+"""Literal references for ACmix, written from docs/notes/acmix.md (§1.1-§1.5, §3).
 
 Slow on purpose: every step is the official maths as written there, on official-layout state
 dicts (``conv1/conv2/conv3``, ``conv_p``, ``fc``, ``dep_conv``), with ``nn.Unfold``,
@@ -21,7 +21,7 @@ def official_module_state_dict(
     dtype: torch.dtype = torch.float64,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Random state dict with the official ACmix module's keys and shapes (spec section 4a)."""
+    """Random state dict with the official ACmix module's keys and shapes (docs/notes/acmix.md §4(a))."""
     g = generator or torch.Generator().manual_seed(0)
     hd = out_channels // heads
     k2 = kernel_conv * kernel_conv
@@ -74,7 +74,7 @@ def acmix_reference(
     stride: int = 1,
     kernel_conv: int = 3,
 ) -> torch.Tensor:
-    """The official ACmix forward (spec 1.1-1.5), literally.
+    """The official ACmix forward (§1.1-§1.5), literally.
 
     The output size is the unfold's, (H + 2p - k)//s + 1 = ceil(H/s): for even H with stride 2 (and
     any H with stride 1) this is the official H//s. ReflectionPad2d is used where it is defined,
@@ -196,7 +196,7 @@ def acmix_pixel_reference(
 
 
 # --------------------------------------------------------------------------------------------------
-# ACmix-Swin (spec section 3)
+# ACmix-Swin (§3)
 # --------------------------------------------------------------------------------------------------
 
 

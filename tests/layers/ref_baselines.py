@@ -6,7 +6,7 @@ custom op, no nn layers; parameters are read from the module and every step is s
 
 - average pooling by s (ceil mode): mean over each s x s window, border windows over their valid
   pixels (``avg_pool_ceil``);
-- global self-attention (X-volution spec section 1.5): per image and head,
+- global self-attention (docs/notes/xvolution.md §1.5): per image and head,
   A = softmax(Q K^T / sqrt(d)) with the N x N matrix materialised, Y = W^o [A V] + b^o
   (``global_attention``);
 - involution (arXiv 2103.06255, RedNet defaults): kernels H = W_1 ReLU(BN(W_0 AvgPool_s(X))) + b_1,

@@ -1,9 +1,9 @@
 """Literal reference of the GLMix block and mixer: the test oracle.
 
-Written straight from the steps of shared/specs/glmix.md section 1, with explicit loops over slots,
+Written straight from the steps of docs/notes/glmix.md §1, with explicit loops over slots,
 pixels, heads, pooling cells and kernel taps, and no code shared with ``convattn.layers.glmix``.
 Deliberately slow; use tiny sizes. Every function takes an official-layout state dict: the keys of
-one ``stages.s.blocks.b.`` entry of shared/keys/glnet_*.json with that prefix removed (plus
+one ``stages.s.blocks.b.`` entry of tests/official_keys/glnet_*.json with that prefix removed (plus
 ``proj.*`` for the drop-in mixer with ``out_channels != in_channels``). Which optional parts exist
 (CPE, learned slots, MLP depthwise conv, LayerScale) is read from which keys are present.
 """

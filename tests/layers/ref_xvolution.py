@@ -1,4 +1,4 @@
-"""Literal, slow reference of X-volution written straight from its maths (docs/operators/xvolution.md).
+"""Literal, slow reference of X-volution written straight from its maths (docs/notes/xvolution.md).
 
 The oracle for tests/layers/test_xvolution.py. Everything is explicit Python loops over pixels,
 taps, directions and heads on tiny shapes; nothing here is shared with the fast implementation.
@@ -95,7 +95,7 @@ def pssa(x: torch.Tensor, weights: torch.Tensor, stride: int, include_center: bo
 def pssa_weights_per_direction(attn, weighting: str, channels: int) -> torch.Tensor:
     """W^a_d as (|D|, C_out, C_in) from a PixelShiftAttention's documented parameter layout.
 
-    'full': a 1x1 conv over the channel concatenation [P_d1, P_d2, ...] (spec §1.4);
+    'full': a 1x1 conv over the channel concatenation [P_d1, P_d2, ...] (docs/notes/xvolution.md §1.4);
     'depthwise': (C, 1, |D|) diagonal weights; 'none': identity for every direction.
     """
     n = len(attn.directions)

@@ -68,7 +68,9 @@ def test_reference_detects_a_wrong_scale():
 
 
 def test_default_heads_follow_head_dim():
-    assert GlobalSelfAttention2d(256, 256).num_heads == 4  # spec 1.5: 4 heads at 256 channels
+    assert (
+        GlobalSelfAttention2d(256, 256).num_heads == 4
+    )  # docs/notes/xvolution.md §1.5: 4 heads at 256 channels
     assert GlobalSelfAttention2d(64, 128).num_heads == 1
     assert GlobalSelfAttention2d(200, 200).num_heads == 2  # largest divisor of 200 not above 3
     assert GlobalSelfAttention2d(16, 16).head_dim == 16

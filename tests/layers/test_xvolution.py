@@ -1,4 +1,4 @@
-"""X-volution (arXiv:2106.02253) against the literal reference in ref_xvolution.py (§1-§3)."""
+"""X-volution (arXiv:2106.02253) against the literal reference in ref_xvolution.py (docs/notes/xvolution.md §1-§3)."""
 
 import math
 
@@ -230,7 +230,7 @@ def test_reparameterize_is_equivalent_and_idempotent(case, dtype):
     if dtype == F64:
         torch.testing.assert_close(y, expected)
     else:
-        assert (y - expected).abs().max() < 1e-4  # spec §8
+        assert (y - expected).abs().max() < 1e-4  # §8
         assert_close_scaled(y, expected, 1e-5)
     state = {k: v.clone() for k, v in m.state_dict().items()}
     m.reparameterize()  # idempotent
@@ -409,7 +409,7 @@ def test_low_precision_forward_close_to_float32(dtype, reparam, attention):
 
 @pytest.mark.parametrize("reparam", [False, True])
 def test_float16_products_do_not_overflow(reparam):
-    """x ~ 400 gives products ~ 1.6e5 > 65504: they are formed in float32 (spec §2)."""
+    """x ~ 400 gives products ~ 1.6e5 > 65504: they are formed in float32 (§2)."""
     m = XVolution(4, 4).eval()
     with torch.no_grad():
         m.conv.weight.mul_(1e-3)
@@ -429,7 +429,7 @@ def test_float16_products_do_not_overflow(reparam):
     assert torch.isfinite(y).all()
 
 
-# --------------------------------------------------------------------------- costs, spec §4
+# --------------------------------------------------------------------------- costs, §4
 
 
 def _conv_bn_params(c_in, c_out):
@@ -483,7 +483,7 @@ def test_macs_formula_sa(stride):
 
 
 def test_resnet50_layer3_mac_delta_matches_spec_table():
-    """Spec §4: +0.62 G MACs for the six 256-channel layers at 14x14 (first: 28x28 input, s2)."""
+    """§4: +0.62 G MACs for the six 256-channel layers at 14x14 (first: 28x28 input, s2)."""
     layers = [(2, 28)] + [(1, 14)] * 5
     delta = 0
     for s, size in layers:

@@ -1,6 +1,6 @@
 """Literal reference forward of Swin / ACmix-Swin on official-layout state dicts (test oracle).
 
-Written from the papers and the ACmix spec (/work/shared/specs/acmix.md section 3), not from the
+Written from the papers and docs/notes/acmix.md §3, not from the
 model code: explicit loops over patch offsets, windows and kernel taps; the shifted-window rule is
 "a token attends only to tokens of its own region of the rolled map" (the official -100 logit
 offset is the same thing up to exp(-100), far below float64 precision); relative offsets (dy, dx)
@@ -114,7 +114,7 @@ def window_attention(
 
 
 def acmix_conv_path(y: Tensor, sd: dict, prefix: str, heads: int) -> Tensor:
-    """Spec 1.3 / 3: fc over the 3*heads maps per channel-in-head d, then the grouped 3x3 conv."""
+    """docs/notes/acmix.md §1.3 and §3: fc over the 3*heads maps per channel-in-head d, then the grouped 3x3 conv."""
     b, h, w, c = y.shape
     d = c // heads
     qkv = linear(y, sd, prefix + ".qkv")  # channels [q heads | k heads | v heads], head-major

@@ -33,7 +33,7 @@ SUMMARY = {
     "glnet_stl_paramslot": (30_481_106, 259, 3077, 4.347),
 }
 
-# Architectures as the spec's table states them (section 2), for the reference forward.
+# Architectures as the table of docs/notes/glmix.md §2 states them, for the reference forward.
 _4G = dict(style="overlapped", modes=("glmix", "glmix", "hybrid", "mha_nchw"), slots=64)
 _STL = dict(style="patch", modes=("glmix", "glmix", "glmix", "mha_tokens"), slots=64)
 ARCH = {
@@ -55,7 +55,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# --- literal reference (written from shared/specs/glmix.md sections 1-3, no library code) ------
+# --- literal reference (written from docs/notes/glmix.md §1-§3, no library code) ------
 def ref_conv(x, w, b, stride, padding):
     """Dense convolution as im2col + matrix product: out[o, p] = sum_{c,taps} w[o, c, taps] x[c, p+taps]."""
     n, _, h, wd = x.shape

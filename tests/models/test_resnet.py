@@ -28,7 +28,7 @@ EXACT_PARAMS = {
     "acmix_resnet38": 14_410_896,
     "acmix_resnet50": 18_333_976,
 }
-# X-volution: the spec's computed table (section 4), +-1 %.
+# X-volution: the computed table of docs/notes/xvolution.md §4, +-1 %.
 APPROX_PARAMS = {"xvolution_resnet50": 28.7e6, "xvolution_resnet34": 27.8e6}
 
 

@@ -252,7 +252,7 @@ def test_conv_path_runs_on_the_rolled_map():
     unrolled = ref.swin_block(x, sd, "blk", 2, 7, True, True, conv_on_rolled_map=False)
     torch.testing.assert_close(got, rolled, rtol=1e-10, atol=1e-10)
     # Only pixels whose 3x3 neighbourhood crosses the wrap-around seam (rows/cols 0 and 13) or the
-    # edges of the rolled map (rows/cols shift - 1 and shift) differ (spec section 3).
+    # edges of the rolled map (rows/cols shift - 1 and shift) differ (docs/notes/acmix.md §3).
     seam = torch.zeros(size, dtype=torch.bool)
     seam[[0, size - 1, shift - 1, shift]] = True
     expected_diff = seam[:, None] | seam[None, :]

@@ -13,7 +13,6 @@ from convattn.models import create_model
 from convattn.train import (
     create_optimizer,
     create_scheduler,
-    import_model_families,
     lr_factor,
     param_groups,
     split_decay_params,
@@ -44,7 +43,6 @@ def test_acmix_rates_are_not_decayed():
 
 
 def test_glmix_slot_scale_is_not_decayed():
-    import_model_families()
     model = create_model("glnet_nano", num_classes=3)
     slot = {n for n, p in model.named_parameters() if n.endswith("slot_scale")}
     assert slot and all(dict(model.named_parameters())[n].ndim == 0 for n in slot)

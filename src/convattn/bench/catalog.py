@@ -27,9 +27,7 @@ BENCH_ONLY_MODELS: dict[str, Callable[..., nn.Module]] = {"vit_reference": vit_r
 
 def _zoo() -> list[str]:
     from ..models import list_models
-    from ..train import import_model_families
 
-    import_model_families()
     return list_models()
 
 

@@ -1,7 +1,7 @@
 """MAC counting that matches the papers' convention.
 
-MACs = ``FlopCounterMode`` total / 2. Two pitfalls are handled here (see the GLMix spec, section
-4.2): on CPU, FlopCounterMode has no formula for the flash-attention SDPA kernel and silently drops
+MACs = ``FlopCounterMode`` total / 2. Two pitfalls are handled here (``docs/notes/glmix.md``
+§4): on CPU, FlopCounterMode has no formula for the flash-attention SDPA kernel and silently drops
 the QK^T / AV products, so counting runs under the SDPA *math* backend; and element-wise
 multiply-and-sum attention is invisible to it, which is why our operators express attention
 products with ``matmul``/``einsum``/SDPA.

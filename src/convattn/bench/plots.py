@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import mode_label, scaling_exponents
+from .derived import mode_label, scaling_exponents
 
 __all__ = ["write_plots"]
 

@@ -1,26 +1,27 @@
-"""Model benchmark outputs: derived rates, resolution-scaling exponents, JSON, CSV and Markdown.
+"""Model benchmark outputs: JSON, CSV and Markdown (the plots come from :mod:`.plots`).
 
 Conventions: MACs are ``FlopCounterMode / 2`` with attention products counted (what papers call
-"FLOPs"); a training step's MACs are forward + backward, counted the same way; throughput is
-batch / median step time; "fraction of peak" is the achieved MAC rate over the dense matmul rate
-measured in the same run (same dtype); the scaling exponent is the least-squares slope of
-log(latency) against log(pixels), so 1 means linear in pixels and 2 quadratic.
+"FLOPs"); a training step's MACs are forward + backward, counted the same way. The derived rates
+and the resolution-scaling exponents are defined in :mod:`.derived`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-from collections.abc import Sequence
 from pathlib import Path
+
+from .derived import derive, fit_exponent, mode_label, scaling_exponents
 
 __all__ = [
     "CSV_COLUMNS",
     "derive",
     "fit_exponent",
+    "mode_label",
+    "profile_summary",
     "render_markdown",
     "scaling_exponents",
+    "target_table",
     "write_outputs",
 ]
 
@@ -55,63 +56,6 @@ CSV_COLUMNS = [
 ]
 
 
-def fit_exponent(x: Sequence[float], y: Sequence[float]) -> float:
-    """Least-squares slope of log(y) against log(x): ``y ~ c * x**exponent``.
-
-    Raises:
-        ValueError: fewer than two distinct positive x values, or a non-positive value.
-    """
-    if len(x) != len(y):
-        raise ValueError(f"fit_exponent: x and y differ in length ({len(x)} vs {len(y)})")
-    if any(v <= 0 for v in [*x, *y]):
-        raise ValueError("fit_exponent: all values must be positive for a log-log fit")
-    if len(set(x)) < 2:
-        raise ValueError("fit_exponent: need at least two distinct x values")
-    lx = [math.log(v) for v in x]
-    ly = [math.log(v) for v in y]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
-
-
-def derive(row: dict, peak_gmacs_per_s: dict[str, float] | None) -> dict:
-    """Add throughput, achieved GMAC/s and fraction of the matmul peak to a measured row."""
-    seconds = row["timing"]["median_ms"] / 1e3
-    row["gmacs_per_image"] = row["macs_per_image"] / 1e9
-    row["step_gmacs"] = row["step_macs"] / 1e9
-    row["img_per_s"] = row["batch"] / seconds
-    row["achieved_gmacs_per_s"] = row["step_macs"] / seconds / 1e9
-    peak = (peak_gmacs_per_s or {}).get(row.get("amp_dtype") or "float32")
-    row["fraction_of_peak"] = row["achieved_gmacs_per_s"] / peak if peak else None
-    return row
-
-
-def scaling_exponents(rows: Sequence[dict]) -> list[dict]:
-    """Latency-vs-pixels exponent of every (model, mode, form, batch) measured at >= 2 sizes."""
-    series: dict[tuple, dict[int, float]] = {}
-    for r in rows:
-        if r.get("error"):
-            continue
-        key = (r["model"], r["mode"], bool(r.get("deploy")), r["batch"])
-        series.setdefault(key, {})[r["img_size"]] = r["timing"]["median_ms"]
-    out = []
-    for (model, mode, deploy, batch), times in series.items():
-        if len(times) < 2:
-            continue
-        sizes = sorted(times)
-        out.append(
-            {
-                "model": model,
-                "mode": mode,
-                "deploy": deploy,
-                "batch": batch,
-                "img_sizes": sizes,
-                "median_ms": [times[s] for s in sizes],
-                "exponent": fit_exponent([s * s for s in sizes], [times[s] for s in sizes]),
-            }
-        )
-    return out
-
-
 def _flat(row: dict) -> dict:
     flat = {k: row.get(k) for k in CSV_COLUMNS}
     for key in ("median_ms", "q1_ms", "q3_ms", "iqr_ms", "min_ms", "max_ms", "repeats"):
@@ -135,11 +79,6 @@ def _num(value: float | None) -> str:
     if size >= 1 or size == 0:
         return f"{value:.2f}"
     return f"{value:.3g}"
-
-
-def mode_label(row: dict) -> str:
-    mode = "train step" if row["mode"] == "train" else "forward"
-    return mode + (" (deploy)" if row.get("deploy") else "")
 
 
 def render_markdown(report: dict) -> str:
@@ -271,3 +210,29 @@ def write_outputs(report: dict, out_dir: str | Path, plots: bool = True) -> list
 
         paths += write_plots(report, out)
     return paths
+
+
+def target_table(targets: list[dict], passed: str = "PASS", missed: str = "FAIL") -> list[str]:
+    """Markdown lines of a target table from rows ``{"name", "value", "goal", "pass"}``.
+
+    The verdict column reads ``passed`` or ``missed``; the first two lines are the header.
+    """
+    lines = ["| target | measured | goal | verdict |", "|---|---|---|---|"]
+    for t in targets:
+        verdict = passed if t["pass"] else missed
+        lines.append(f"| {t['name']} | {t['value']} | {t['goal']} | {verdict} |")
+    return lines
+
+
+def profile_summary(profile: dict, top: int | None = None, calls: bool = False) -> str:
+    """``"op 12 ms; op 3 ms"`` from a profile ``{"top": [{"op", "ms", "calls"}, ...]}``.
+
+    Args:
+        profile: the operators with the most self CPU time, most first.
+        top: how many to list (all if None).
+        calls: append each operator's call count (``"(4x)"``).
+    """
+    rows = profile["top"][:top]
+    return "; ".join(
+        f"{t['op']} {t['ms']:.0f} ms" + (f" ({t['calls']}x)" if calls else "") for t in rows
+    )

@@ -247,7 +247,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     """
     from tqdm.auto import tqdm
 
-    from .report import derive
+    from .derived import derive
 
     cfg = validate_config(cfg)
     jobs = plan_jobs(cfg)

@@ -1,7 +1,7 @@
 """A ViT-style global-attention reference for the model benchmark (bench-only, not in the zoo).
 
 Global self-attention costs O(N^2) in the number of tokens, which is what GLMix (arXiv 2411.14429,
-spec ``glmix.md`` section 4) and windowed attention (Swin, ACmix-Swin) avoid. This reference puts
+``docs/notes/glmix.md`` §4) and windowed attention (Swin, ACmix-Swin) avoid. This reference puts
 that cost next to the library's backbones in the resolution sweep: a ViT-S/16-sized isotropic
 network (a 16x16 stride-16 patch embedding, 12 pre-norm blocks of
 :class:`~convattn.layers.attention.GlobalSelfAttention2d` + MLP at width 384 with 6 heads, global

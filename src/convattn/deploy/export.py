@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write
+from .._numerics import max_relative_deviation
 from .reparam import reparameterize_model
 
 __all__ = [
@@ -457,9 +458,7 @@ def _deviation(actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor])
     for a, e in zip(actual, expected):
         if a.shape != e.shape:
             return math.inf
-        a, e = a.double(), e.double()  # half outputs: measure the deviation exactly
-        scale = e.abs().max().clamp_min(1e-12)
-        worst = max(worst, float((a - e).abs().max() / scale))
+        worst = max(worst, max_relative_deviation(a, e))
     return worst if math.isfinite(worst) else math.inf
 
 

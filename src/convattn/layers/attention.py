@@ -8,8 +8,8 @@ stays O(N) on CPU (the native ``nn.MultiheadAttention`` fast path materialises t
 * ``MultiheadSelfAttention`` works on tokens (B, N, C) and keeps ``nn.MultiheadAttention``'s
   parameter layout (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``/``.bias``) so official
   GLNet checkpoints load unchanged.
-* ``GlobalSelfAttention2d`` is the drop-in "SA alone" baseline of X-volution (arXiv 2106.02253; spec
-  ``xvolution.md`` section 1.5): 1x1 Q/K/V, attention over all pixels, 1x1 output projection to
+* ``GlobalSelfAttention2d`` is the drop-in "SA alone" baseline of X-volution (arXiv 2106.02253;
+  ``docs/notes/xvolution.md`` §1.5): 1x1 Q/K/V, attention over all pixels, 1x1 output projection to
   ``out_channels``; stride s average-pools the input first; no positional encoding.
 """
 

@@ -1,8 +1,8 @@
 """GLMix: a global slot-attention branch and a local convolution branch, summed.
 
 Zhu, Wang, Zhang, Lau, "Revisiting the Integration of Convolution and Attention for Vision
-Backbone", NeurIPS 2024, arXiv 2411.14429. Behaviour follows the project spec
-``shared/specs/glmix.md`` section 1 (block steps 1-13) and its section-8 checklist.
+Backbone", NeurIPS 2024, arXiv 2411.14429. Behaviour follows the official code as
+``docs/notes/glmix.md`` describes it: §1 (block steps 1-13) and the §5 checklist.
 
 With ``z`` the (normalised) features as pixel tokens (B, N, C), N = H*W pixels and S slots:
 

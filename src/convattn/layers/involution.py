@@ -1,7 +1,7 @@
 """Involution: per-pixel, per-group K x K kernels generated from the input.
 
 Li et al., "Involution: Inverting the Inherence of Convolution for Visual Recognition", CVPR 2021,
-arXiv 2103.06255; used as a competing operator to X-volution (spec ``xvolution.md`` section 1.5) with
+arXiv 2103.06255; used as a competing operator to X-volution (``docs/notes/xvolution.md`` §1.5) with
 the RedNet defaults: kernel 7, group width 16, reduction 4.
 
 For output pixel p with input centre q = s*p, channel c in group g(c) and tap offsets delta::

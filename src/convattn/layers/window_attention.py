@@ -5,7 +5,7 @@ plus the pieces a Swin block needs around it: splitting a map into windows and b
 position index, and the mask that keeps cyclically shifted windows from mixing regions that are not
 neighbours in the original map. Parameter names follow the official Swin code (``qkv``, ``proj``,
 ``relative_position_bias_table`` and the ``relative_position_index`` buffer), so official Swin and
-ACmix-Swin state dicts load unchanged (ACmix spec, /work/shared/specs/acmix.md section 3).
+ACmix-Swin state dicts load unchanged (``docs/notes/acmix.md`` §3).
 """
 
 from __future__ import annotations

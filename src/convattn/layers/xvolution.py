@@ -2,7 +2,7 @@
 
 Paper: Xuanhong Chen, Hang Wang, Bingbing Ni, "X-volution: On the Unification of Convolution and
 Self-attention", arXiv:2106.02253. No official code exists; this implements the reconstruction documented in
-``docs/operators/xvolution.md`` (the § numbers below name its parts):
+``docs/notes/xvolution.md`` (the § numbers below name its sections):
 
 - §1.4 Pixel Shift Self-Attention (PSSA), with ``q = s·p`` the input centre of output pixel ``p``::
 
@@ -389,7 +389,7 @@ def pixel_shift_products(
 
     Returns:
         (B, |D|, C, ceil(H/stride), ceil(W/stride)), direction-major, so that ``flatten(1, 2)`` is
-        the spec's channel concatenation of the maps P_d. The memory is channels-last
+        the channel concatenation of the maps P_d of §1.4. The memory is channels-last
         (B, Ho, Wo, |D|, C): the 1x1 weighting then runs as one GEMM over |D|·C contiguous
         channels, about twice as fast on CPU (oneDNN) as from planar maps.
     """

@@ -35,9 +35,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..deploy.reparam import fold_conv_bn_
 from ..layers import DropPath
 from ..layers._checks import check_feature_map
+from ..layers.conv_bn import fold_batch_norm_
 from ..layers.san import ACmixPatchwiseAttention, PatchwiseSelfAttention
 from ._features import resolve_out_indices
 from ._helpers import make_cfg, stochastic_depth_rates
@@ -166,7 +166,7 @@ class SAN(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold the stem BN into ``conv_in`` (idempotent); the attention modules fold themselves."""
-        fold_conv_bn_(self, "conv_in", "bn_in")
+        fold_batch_norm_(self, "conv_in", "bn_in")
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.in_chans, type(self).__name__)

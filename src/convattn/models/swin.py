@@ -6,7 +6,7 @@
   Detection (the padding rules used here for arbitrary input sizes).
 * ACmix-Swin: Pan et al., "On the Integration of Self-Attention and Convolution", CVPR 2022
   (arXiv 2111.14556); official code LeapLabTHU/ACmix ``Swin-Transformer/models/
-  swin_transformer_acmix.py``; ``../shared/specs/acmix.md`` sections 3 and 4(b). Only the window
+  swin_transformer_acmix.py``; ``docs/notes/acmix.md`` §3 and §4(b). Only the window
   attention changes (:class:`~convattn.layers.acmix.ACmixWindowAttention`); everything else is Swin.
 
 Layout and names follow the official code, so official checkpoints (``{"model": state_dict}``)
@@ -34,7 +34,7 @@ Arbitrary input sizes (the official classification code only accepts its trainin
 Where the official classification code runs (even maps that are multiples of the window, e.g.
 Swin-T/S at 224) these rules reduce to it exactly. In ACmix-Swin the attention module receives the
 padded, cyclically rolled map, so its convolution path runs on that map and is rolled back with
-the attention output, exactly as in the official code (spec section 3).
+the attention output, exactly as in the official code (``docs/notes/acmix.md`` §3).
 
 ``features_only`` / ``forward_intermediates`` return the output of each stage's blocks *before*
 its patch merging (strides 4/8/16/32 for patch 4), without normalisation, as timm's Swin does;

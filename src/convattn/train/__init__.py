@@ -15,7 +15,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, add_train_arguments, config_from_args
 from .distributed import DistContext, init_distributed
-from .engine import autocast, evaluate, import_model_families, train
+from .engine import autocast, evaluate, train
 from .evaluation import evaluate_checkpoint
 from .export import export_pretrained
 from .metrics import MetricMeter, topk_correct
@@ -40,7 +40,6 @@ __all__ = [
     "evaluate",
     "evaluate_checkpoint",
     "export_pretrained",
-    "import_model_families",
     "init_distributed",
     "load_resume_state",
     "lr_factor",

@@ -61,26 +61,13 @@ from .token_label import is_token_label_output, token_label_loss, warn_no_dense_
 if TYPE_CHECKING:
     from ..data import DataBundle
 
-__all__ = ["autocast", "evaluate", "import_model_families", "train"]
+__all__ = ["autocast", "evaluate", "train"]
 
 RESUME_FORMAT = "convattn-resume/1"
 # Options that may differ between an interrupted run and its continuation without a warning.
 _RUN_ONLY_OPTIONS = {"out", "resume", "overwrite", "quiet", "workers", "plots", "device"}
 # Options without which the saved state cannot be continued at all.
 _MUST_MATCH_ON_RESUME = ("model", "stage_ops", "data", "opt")
-
-
-def import_model_families() -> None:
-    """Import the model families so that every model is registered.
-
-    ``convattn.models`` registers the families it imports; this also imports the ones that are
-    not (yet) imported there, so ``--model glnet_nano`` works either way.
-    """
-    import importlib
-
-    for family in ("resnet", "glnet", "swin"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(f"convattn.models.{family}")
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -197,7 +184,6 @@ def parse_stage_ops(value: str | Sequence[str] | None) -> tuple[str, ...] | None
 def _check_model_name(name: str) -> None:
     from ..models import is_model
 
-    import_model_families()
     if not is_model(name):
         raise ValueError(
             f"unknown model '{name}'; run 'convattn models' to list the registered names"

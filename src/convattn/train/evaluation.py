@@ -93,7 +93,7 @@ def evaluate_checkpoint(
     from ..data import BatchAugment, build_datasets, create_loader
     from ..models import create_model, get_pretrained_cfg, is_model, load_checkpoint
     from .distributed import resolve_device
-    from .engine import evaluate, import_model_families
+    from .engine import evaluate
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -105,7 +105,6 @@ def evaluate_checkpoint(
     name = model_name or info.get("model")
     if not name:
         raise ValueError(f"{path} does not name its model; give --model NAME")
-    import_model_families()
     if not is_model(name):
         raise ValueError(
             f"unknown model '{name}'; run 'convattn models' to list the registered names"

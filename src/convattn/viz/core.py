@@ -708,7 +708,7 @@ def visualize_kernels(
     """X-volution: per pixel, the norm of the content-dependent kernel part against the static one.
 
     In deploy form an X-volution layer is one convolution whose kernel at pixel p is
-    ``W_static + W_dynamic * x_p`` (spec xvolution.md section 3); :meth:`XVolution.kernel_magnitudes`
+    ``W_static + W_dynamic * x_p`` (``docs/notes/xvolution.md`` §3); :meth:`XVolution.kernel_magnitudes`
     gives both norms without building per-pixel kernels, in the training form (BNs folded on the
     fly) and the deploy form alike. Large ratios mark where the attention part reshapes the filter.
 

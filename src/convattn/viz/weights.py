@@ -46,7 +46,7 @@ def slot_assignments(logits: Tensor, mode: str = "dispatch") -> Tensor:
     Args:
         logits: (B, S, ...) logits, slots on dim 1 and pixels on the remaining dims.
         mode: ``"dispatch"``: softmax over the slots (dim 1), i.e. how each pixel reads the updated
-            slots back (spec glmix.md step 7; what the paper's figure shows); ``"clustering"``:
+            slots back (``docs/notes/glmix.md`` §1 step 7; what the paper's figure shows); ``"clustering"``:
             softmax over the pixels, i.e. how each slot gathers pixels (step 5).
 
     Returns:

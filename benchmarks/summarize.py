@@ -31,6 +31,8 @@ RUNS = {
     "scaling": "batch 1, 224 to 640 px, the resolution sweep",
     "deploy_all": "batch 1 at 224x224, every registered model before and after re-parameterisation",
     "b8_224_san": "batch 8 at 224x224, SAN-10/15/19 against ACmix-SAN (forward and training step)",
+    "b8_224_pvt": "batch 8 at 224x224, PVT-T/S against ACmix-PVT (forward and training step)",
+    "ab_pairs": "batch 8 at 224x224, ACmix-SAN against SAN, forward in interleaved A/B rounds",
 }
 
 
@@ -171,31 +173,49 @@ def model_targets() -> list[tuple[str, str, str, str]]:
             "b8_224",
         )
     )
-    out += san_rows()
+    out += pair_rows("b8_224_san", [(f"acmix_san{d}", f"san{d}") for d in (10, 15, 19)])
+    out += interleaved_rows("ab_pairs")
+    out += pair_rows("b8_224_pvt", [(f"acmix_pvt_{s}", f"pvt_{s}") for s in ("tiny", "small")])
     return out
 
 
-def san_rows() -> list[tuple[str, str, str, str]]:
-    """ACmix-SAN against SAN, forward and training step (reported, no target; rows appear once
-    the run is committed: see benchmarks/README.md)."""
-    san = load("b8_224_san")
+def pair_rows(run: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str, str, str]]:
+    """Each ACmix variant against its baseline, forward and training step (reported, no target;
+    rows appear once the run is committed: see benchmarks/README.md)."""
+    result = load(run)
     out = []
-    if san is None:
+    if result is None:
         return out
-    for depth in (10, 15, 19):
+    for mixed_name, base_name in pairs:
         for mode, what in (("forward", "forward"), ("train", "training step")):
-            base = row(san, f"san{depth}", mode=mode)
-            mixed = row(san, f"acmix_san{depth}", mode=mode)
-            x = ratio(mixed, base)
+            base = row(result, base_name, mode=mode)
+            mixed = row(result, mixed_name, mode=mode)
             out.append(
                 (
-                    f"`acmix_san{depth}` / `san{depth}` {what} (reported, no target)",
-                    f"{fmt(x)}x ({fmt(ms(mixed), 1)} vs {fmt(ms(base), 1)} ms)",
+                    f"`{mixed_name}` / `{base_name}` {what} (reported, no target)",
+                    f"{fmt(ratio(mixed, base))}x ({fmt(ms(mixed), 1)} vs {fmt(ms(base), 1)} ms)",
                     "reported",
-                    "b8_224_san",
+                    run,
                 )
             )
     return out
+
+
+def interleaved_rows(run: str) -> list[tuple[str, str, str, str]]:
+    """Forward ratios timed in alternating rounds in one process (``bench_pairs.py``): the
+    figure to read where separate runs differ by less than their drift."""
+    result = load(run)
+    rows = [] if result is None else result["rows"]
+    return [
+        (
+            f"`{r['mixed']}` / `{r['base']}` forward, interleaved A/B (reported, no target)",
+            f"{fmt(r['ratio_median'])}x [{fmt(r['ratio_iqr'][0])}-{fmt(r['ratio_iqr'][1])}] "
+            f"({fmt(r['mixed_ms'], 1)} vs {fmt(r['base_ms'], 1)} ms)",
+            "reported",
+            run,
+        )
+        for r in rows
+    ]
 
 
 def scaling_table() -> list[str]:

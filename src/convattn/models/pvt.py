@@ -478,42 +478,37 @@ default_cfgs = {
 }
 
 
-def _pvt(**kwargs) -> PyramidVisionTransformer:
-    kwargs.pop("pretrained", None)
-    return PyramidVisionTransformer(**kwargs)
-
-
 @register_model
 def pvt_tiny(**kwargs) -> PyramidVisionTransformer:
     """PVT-Tiny: widths 64/128/320/512, depths [2,2,2,2], sr 8/4/2/1; 13.23 M params, 1.93 GMACs."""
-    return _pvt(**_TINY | kwargs)
+    return PyramidVisionTransformer(**_TINY | kwargs)
 
 
 @register_model
 def pvt_small(**kwargs) -> PyramidVisionTransformer:
     """PVT-Small: widths 64/128/320/512, depths [3,4,6,3], sr 8/4/2/1; 24.49 M params, 3.82 GMACs."""
-    return _pvt(**_SMALL | kwargs)
+    return PyramidVisionTransformer(**_SMALL | kwargs)
 
 
 @register_model
 def acmix_pvt_tiny(**kwargs) -> PyramidVisionTransformer:
     """ACmix-PVT-T: PVT-Tiny with ACmix spatial-reduction attention."""
-    return _pvt(**_TINY | dict(attn_layer="acmix") | kwargs)
+    return PyramidVisionTransformer(**_TINY | dict(attn_layer="acmix") | kwargs)
 
 
 @register_model
 def acmix_pvt_small(**kwargs) -> PyramidVisionTransformer:
     """ACmix-PVT-S: PVT-Small with ACmix spatial-reduction attention."""
-    return _pvt(**_SMALL | dict(attn_layer="acmix") | kwargs)
+    return PyramidVisionTransformer(**_SMALL | dict(attn_layer="acmix") | kwargs)
 
 
 @register_model
 def pvt_nano(**kwargs) -> PyramidVisionTransformer:
     """PVT for 32x32 inputs (tests): patch 2, widths 16-128, one block per stage, sr 4/2/2/1."""
-    return _pvt(**_NANO | kwargs)
+    return PyramidVisionTransformer(**_NANO | kwargs)
 
 
 @register_model
 def acmix_pvt_nano(**kwargs) -> PyramidVisionTransformer:
     """ACmix-PVT for 32x32 inputs (tests): :func:`pvt_nano` with ACmix attention."""
-    return _pvt(**_NANO | dict(attn_layer="acmix") | kwargs)
+    return PyramidVisionTransformer(**_NANO | dict(attn_layer="acmix") | kwargs)

@@ -269,27 +269,22 @@ _LAYERS = {10: (2, 1, 2, 4, 1), 15: (3, 2, 3, 5, 2), 19: (3, 3, 4, 6, 3)}
 _NANO = dict(layers=(1, 1, 1, 1, 1), widths=(32, 64, 64, 128, 128))
 
 
-def _san(**kwargs) -> SAN:
-    kwargs.pop("pretrained", None)
-    return SAN(**kwargs)
-
-
 @register_model
 def san10(**kwargs) -> SAN:
     """SAN-10 patchwise ([2,1,2,4,1] blocks), 11.84 M params."""
-    return _san(**dict(layers=_LAYERS[10]) | kwargs)
+    return SAN(**dict(layers=_LAYERS[10]) | kwargs)
 
 
 @register_model
 def san15(**kwargs) -> SAN:
     """SAN-15 patchwise ([3,2,3,5,2] blocks), 16.18 M params."""
-    return _san(**dict(layers=_LAYERS[15]) | kwargs)
+    return SAN(**dict(layers=_LAYERS[15]) | kwargs)
 
 
 @register_model
 def san19(**kwargs) -> SAN:
     """SAN-19 patchwise ([3,3,4,6,3] blocks), 20.52 M params."""
-    return _san(**dict(layers=_LAYERS[19]) | kwargs)
+    return SAN(**dict(layers=_LAYERS[19]) | kwargs)
 
 
 @register_model
@@ -313,7 +308,7 @@ def acmix_san19(**kwargs) -> SAN:
 @register_model
 def san_nano(**kwargs) -> SAN:
     """SAN for 32x32 inputs: one block per stage, widths 32-128 (tests and CPU demos)."""
-    return _san(**_NANO | kwargs)
+    return SAN(**_NANO | kwargs)
 
 
 @register_model

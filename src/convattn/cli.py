@@ -314,9 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="figures of what a hybrid learned: GLMix slots, attention maps, X-volution kernels, "
         "ACmix rates",
         description="Write a PNG of one layer of a model on an image: GLMix slot assignments "
-        "(slots), where query pixels attend in ACmix / Swin windows or global attention "
-        "(attention), X-volution's dynamic against static kernel per pixel (kernels), or ACmix's "
-        "learned rate1/rate2 of every layer (rates, no image). Without --checkpoint the model is "
+        "(slots), where query pixels attend in ACmix / SAN / Swin windows, PVT spatial-reduction "
+        "or global attention (attention), X-volution's dynamic against static kernel per pixel "
+        "(kernels), or the learned rate1/rate2 of every ACmix layer (rates, no image; also "
+        "ACmix-Swin, -SAN and -PVT). Without --checkpoint the model is "
         "randomly initialised with --seed.",
         formatter_class=formatter,
     )

@@ -71,6 +71,31 @@ def test_attention_weights_hook_matches_the_reference():
     torch.testing.assert_close(m.proj(heads), m(x, (4, 4)))
 
 
+@pytest.mark.parametrize(("r", "size", "prefix"), [(2, (5, 6), 0), (3, (7, 6), 0), (1, (2, 3), 1)])
+def test_key_index_names_the_key_each_pixel_feeds(r, size, prefix):
+    """Perturbing one pixel changes exactly the key key_index names (none for -1)."""
+    m = SpatialReductionAttention(8, 2, r).double().eval()
+    h, w = size
+    x = torch.randn(1, prefix + h * w, 8, dtype=torch.float64)
+    index = m.key_index(h, w, prefix)
+    assert index.shape == size and index.dtype == torch.long
+    with torch.no_grad():
+        keys = m.project(x, size)[1]  # (1, m, 2C), prefix tokens first
+        for y in range(h):
+            for xx in range(w):
+                bumped = x.clone()
+                bumped[0, prefix + y * w + xx] += 1.0
+                changed = (m.project(bumped, size)[1] - keys).abs().amax(-1)[0] > 1e-9
+                expected = [] if index[y, xx] < 0 else [int(index[y, xx])]
+                assert changed.nonzero().flatten().tolist() == expected, (y, xx)
+    uncovered = (index < 0).sum().item()
+    assert uncovered == h * w - (h // r) * (w // r) * r * r  # rows/columns past the last patch
+    with pytest.raises(ValueError, match="'height'"):
+        m.key_index(0, w)
+    with pytest.raises(ValueError, match="'prefix'"):
+        m.key_index(h, w, -1)
+
+
 def test_patch_owner_index():
     assert patch_owner_index(7, 2).tolist() == [0, 0, 1, 1, 2, 2, 2]
     assert patch_owner_index(4, 4).tolist() == [0, 0, 0, 0]

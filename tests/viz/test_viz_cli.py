@@ -56,6 +56,16 @@ def test_help(capsys):
             "acmix_resnet_nano-attention-layer3.0.conv2",
         ),
         (
+            ["--model", "acmix_pvt_nano", "--what", "attention", "--query", "4,28"],
+            (640, 440),
+            "acmix_pvt_nano-attention-stages.2.blocks.0.attn",
+        ),
+        (
+            ["--model", "san_nano", "--what", "attention", "--query", "4,28"],
+            (640, 440),
+            "san_nano-attention-layer2.0.sam",
+        ),
+        (
             ["--model", "xvolution_resnet_nano", "--what", "kernels", "--block", "0", "--deploy"],
             (1300, 460),
             "xvolution_resnet_nano-kernels-layer3.0.conv1",

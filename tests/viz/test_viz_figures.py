@@ -148,6 +148,93 @@ def test_attention_global_self_attention_module(tmp_path):
     assert model.training  # the caller's mode is restored
 
 
+def _capture_inputs(layer: torch.nn.Module) -> tuple[list, object]:
+    """Record the positional inputs of ``layer`` (a forward pre-hook; remove the handle after)."""
+    captured: list = []
+    return captured, layer.register_forward_pre_hook(lambda _m, args: captured.append(args))
+
+
+@pytest.mark.parametrize("name", ["san_nano", "acmix_san_nano"])
+def test_attention_san_shows_the_operators_window_weights(image_file, tmp_path, name):
+    from helpers import randomize_bn
+
+    model = randomize_bn(create_model(name)).eval()
+    layer_name, layer = resolve_layer(model, "attention", 1)
+    assert layer_name == "layer1.0.sam"
+    captured, handle = _capture_inputs(layer)
+    try:
+        result = visualize_attention(
+            model, image_file, block=1, queries=[(16.0, 16.0), (0.0, 31.0)], out=tmp_path
+        )
+    finally:
+        handle.remove()
+    inp = captured[0][0]  # (1, C, 8, 8): stage 1 of a 32 px input
+    with torch.no_grad():
+        _, own = layer.attention(layer.qkv(inp), return_weights=True)  # (1, G, 49, 8, 8)
+    g, k = layer.groups, layer.kernel_size
+    assert result.operator == "SAN patchwise 7x7" and result.map_size == (8, 8) and k == 7
+    assert result.rows.shape == (1, g, 2, 49) and result.maps.shape == (1, g, 2, 8, 8)
+    assert result.queries.tolist() == [[4, 4], [0, 7]]
+    for i, (qy, qx) in enumerate(result.queries.tolist()):
+        torch.testing.assert_close(result.rows[:, :, i], own[..., qy, qx])
+        # every weight is drawn (reflected slots add up on the pixel they read)
+        torch.testing.assert_close(result.maps[:, :, i].sum((-2, -1)), own[..., qy, qx].sum(-1))
+    # An interior query: slot dy * 7 + dx sits at (4 - 3 + dy, 4 - 3 + dx), nothing outside.
+    window = own[..., 4, 4].view(1, g, 7, 7)
+    torch.testing.assert_close(result.maps[:, :, 0, 1:8, 1:8], window)
+    assert (result.maps[:, :, 0, 0] == 0).all() and (result.maps[:, :, 0, :, 0] == 0).all()
+    assert (own < 0).any()  # no softmax: the figure uses a signed scale
+    for text in ("no softmax", "mean over channel groups", f"{g} channel groups"):
+        assert text in result.caption
+    assert _png_size(result.paths[0]) == figure_size_px(attention_figure_inches(2))
+
+
+@pytest.mark.parametrize("name", ["pvt_nano", "acmix_pvt_nano"])
+def test_attention_pvt_spreads_each_reduced_key_over_its_patch(image_file, tmp_path, name):
+    model = create_model(name).eval()
+    layer_name, layer = resolve_layer(model, "attention", 0)
+    assert layer_name == "stages.0.blocks.0.attn" and layer.sr_ratio == 4
+    captured, handle = _capture_inputs(layer)
+    try:
+        # 36 px: an 18x18 stage-0 map; r = 4 gives 4x4 keys over its first 16x16 pixels.
+        result = visualize_attention(
+            model,
+            image_file,
+            block=0,
+            img_size=36,
+            queries=[(18.0, 18.0), (35.0, 0.0)],
+            out=tmp_path,
+        )
+    finally:
+        handle.remove()
+    tokens, size = captured[0]
+    assert tuple(size) == (18, 18) and result.map_size == (18, 18)
+    assert result.operator == "PVT spatial reduction 4x4, 16 keys"
+    with torch.no_grad():
+        own = layer.attention_weights(tokens, size)  # (1, 1, 324, 16)
+    assert result.rows.shape == (1, 1, 2, 16) and result.maps.shape == (1, 1, 2, 18, 18)
+    assert result.queries.tolist() == [[9, 9], [17, 0]]
+    for i, (qy, qx) in enumerate(result.queries.tolist()):
+        torch.testing.assert_close(result.rows[:, :, i], own[:, :, qy * 18 + qx])
+    maps = result.maps[0, 0]  # (Q, 18, 18)
+    assert (maps[:, 16:] == 0).all() and (maps[:, :, 16:] == 0).all()  # no key reads these
+    patches = maps[:, :16, :16].reshape(2, 4, 4, 4, 4)  # (Q, key row, dy, key col, dx)
+    torch.testing.assert_close(patches.sum((2, 4)).flatten(1), result.rows[0, 0])
+    torch.testing.assert_close(patches, patches[:, :, :1, :, :1].expand_as(patches))  # even
+    torch.testing.assert_close(result.maps.sum((-2, -1)), torch.ones(1, 1, 2))
+
+
+def test_attention_pvt_leaves_the_class_token_out_of_the_map(image_file, tmp_path):
+    result = visualize_attention("pvt_nano", image_file, block=-1, queries=[(8, 24)], out=tmp_path)
+    # Last stage: a 2x2 map, no reduction, the class token first among the keys.
+    assert result.block == "stages.3.blocks.0.attn" and result.map_size == (2, 2)
+    assert result.operator == "PVT global (no reduction), 4 keys + 1 class token"
+    assert "class token's weight is not drawn" in result.caption
+    assert result.rows.shape == (1, 4, 1, 5) and result.queries.tolist() == [[0, 1]]
+    torch.testing.assert_close(result.rows.sum(-1), torch.ones(1, 4, 1))
+    torch.testing.assert_close(result.maps.flatten(-2), result.rows[..., 1:])
+
+
 @pytest.fixture(scope="module")
 def trained_like_xvolution():
     """xvolution_resnet_nano with random BatchNorms: a non-zero dynamic part (it starts at 0)."""
@@ -180,7 +267,15 @@ def test_kernels_strided_layer_by_name(image_file, tmp_path):
     assert float(result.dynamic.max()) >= 0
 
 
-@pytest.mark.parametrize(("name", "layers"), [("acmix_resnet_nano", 4), ("acmix_swin_nano", 6)])
+@pytest.mark.parametrize(
+    ("name", "layers"),
+    [
+        ("acmix_resnet_nano", 4),
+        ("acmix_swin_nano", 6),
+        ("acmix_san_nano", 5),
+        ("acmix_pvt_nano", 4),
+    ],
+)
 def test_rates(name, layers, tmp_path):
     result = visualize("rates", name, out=tmp_path)
     assert len(result.layers) == layers and result.rate1.shape == result.rate2.shape == (layers,)
@@ -188,8 +283,9 @@ def test_rates(name, layers, tmp_path):
     assert _png_size(result.paths[0]) == figure_size_px(rates_figure_inches(layers))
 
 
-def test_rates_of_a_reparameterised_model_say_so(tmp_path):
-    result = visualize_rates("acmix_resnet_nano", deploy=True, out=tmp_path)
+@pytest.mark.parametrize("name", ["acmix_resnet_nano", "acmix_san_nano", "acmix_pvt_nano"])
+def test_rates_of_a_reparameterised_model_say_so(name, tmp_path):
+    result = visualize_rates(name, deploy=True, out=tmp_path)
     assert (result.rate1 == 1).all() and "folded" in result.caption
 
 
@@ -239,6 +335,9 @@ def test_bad_block_lists_the_available_layers(image_file, tmp_path):
         ),
         ("attention", "xvolution_resnet_nano", ["no attention layers", "--what kernels (2 layers"]),
         ("rates", "resnet_nano", ["no ACmix layers", "nothing these visualisations can show"]),
+        ("rates", "san_nano", ["no ACmix layers", "ACmix-SAN", "--what attention (5 layers"]),
+        ("rates", "pvt_nano", ["no ACmix layers", "ACmix-PVT", "--what attention (4 layers"]),
+        ("slots", "acmix_pvt_nano", ["--what attention (4 layers", "--what rates (4 layers"]),
     ],
 )
 def test_missing_component_says_what_is_available(image_file, tmp_path, what, name, needles):

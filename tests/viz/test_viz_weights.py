@@ -14,6 +14,11 @@ import torch.nn.functional as F
 from convattn.layers.acmix import ACmix
 from convattn.layers.attention import GlobalSelfAttention2d, MultiheadSelfAttention
 from convattn.layers.glmix import GLMix, GLMixBlock
+from convattn.layers.san import ACmixPatchwiseAttention, PatchwiseSelfAttention
+from convattn.layers.sr_attention import (
+    ACmixSpatialReductionAttention,
+    SpatialReductionAttention,
+)
 from convattn.layers.window_attention import window_partition
 from convattn.models.swin import SwinTransformerBlock, _clamped_window_attention
 from convattn.viz import (
@@ -21,8 +26,12 @@ from convattn.viz import (
     acmix_window_index,
     global_attention_weights,
     multihead_attention_weights,
+    san_attention_weights,
+    san_window_index,
     select_representatives,
     slot_assignments,
+    sr_attention_weights,
+    sr_key_index,
     swin_window_attention_weights,
 )
 
@@ -45,6 +54,43 @@ def test_acmix_weights_rebuild_the_attention_path(stride, size):
     gathered = values[..., index]  # (B, heads, d, k*k, H', W')
     out = (weights.unsqueeze(2) * gathered).sum(dim=3).reshape(2, 16, out_h, out_w)
     torch.testing.assert_close(out, module.attention(qkv.contiguous()), **TOL)
+
+
+@pytest.mark.parametrize("cls", [PatchwiseSelfAttention, ACmixPatchwiseAttention])
+@pytest.mark.parametrize(("stride", "size"), [(1, (6, 7)), (2, (6, 7)), (1, (2, 3))])
+def test_san_weights_rebuild_the_attention_path(cls, stride, size):
+    module = cls(16, 16, stride=stride, kernel_size=5, rel_channels=4, share_planes=8).eval()
+    x = torch.randn(2, 16, *size)
+    weights = san_attention_weights(module, x)
+    out_h, out_w = -(-size[0] // stride), -(-size[1] // stride)
+    assert weights.shape == (2, 2, 25, out_h, out_w)  # 16 / 8 = 2 channel groups, no softmax
+    # out_c = sum over the window of the weight of group c % G times v_c at the slot's pixel.
+    qkv = module.qkv(x)
+    values = module.split_projections(qkv)[2].flatten(2)  # (B, C, H*W)
+    index = san_window_index(module, *size)  # (k*k, H', W'), reflected at the border
+    assert index.shape == (25, out_h, out_w) and 0 <= index.min() <= index.max() < size[0] * size[1]
+    gathered = values[..., index]  # (B, C, k*k, H', W')
+    out = (weights[:, torch.arange(16) % 2] * gathered).sum(dim=2)
+    torch.testing.assert_close(out, module.attention(qkv), **TOL)
+
+
+@pytest.mark.parametrize("cls", [SpatialReductionAttention, ACmixSpatialReductionAttention])
+@pytest.mark.parametrize(("r", "size", "prefix"), [(2, (5, 6), 0), (1, (3, 2), 1)])
+def test_sr_weights_rebuild_the_attention_path(cls, r, size, prefix):
+    module = cls(16, 2, r).eval()
+    h, w = size
+    tokens = torch.randn(2, prefix + h * w, 16)
+    weights = sr_attention_weights(module, tokens, size)
+    keys = prefix + (h // r) * (w // r)
+    assert weights.shape == (2, 2, prefix + h * w, keys)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, prefix + h * w))
+    q, kv, _ = module.project(tokens, size)
+    values = kv.view(2, keys, 2, 2, 8)[:, :, 1].transpose(1, 2)  # (B, heads, m, d)
+    out = (weights @ values).transpose(1, 2).reshape(2, -1, 16)
+    torch.testing.assert_close(out, module.attend(q, kv), **TOL)
+    index = sr_key_index(module, h, w, prefix)
+    assert index.shape == size and int(index.max()) == keys - 1
+    assert int(index[index >= 0].min()) == prefix  # the class token covers no pixel
 
 
 @pytest.mark.parametrize("attn_layer", ["window", "acmix"])

@@ -191,6 +191,29 @@ class SpatialReductionAttention(nn.Module):
         kh, _ = self._heads(kv, 2)
         return (torch.matmul(qh, kh.transpose(-2, -1)) * self.scale).softmax(-1)
 
+    def key_index(
+        self, height: int, width: int, prefix: int = 0, device: torch.device | str = "cpu"
+    ) -> Tensor:
+        """Which key of :meth:`attention_weights` covers each pixel of an H x W map: (H, W) long.
+
+        An index into the weights' last dimension (the ``prefix`` tokens come first): for r > 1 the
+        reduced token whose r x r patch holds the pixel, -1 for pixels past the last whole patch
+        (the stride-r reduction drops them, so no key reads them); for r = 1 the pixel's own token.
+        The hook visualisation uses to draw a query's weights on the map.
+        """
+        owner = type(self).__name__
+        for name, value in (("height", height), ("width", width)):
+            check_positive_int(value, name, owner)
+        if not isinstance(prefix, int) or isinstance(prefix, bool) or prefix < 0:
+            raise ValueError(f"{owner}: 'prefix' must be a non-negative int, got {prefix!r}")
+        r = self.sr_ratio
+        rows = torch.arange(height, device=device) // r
+        cols = torch.arange(width, device=device) // r
+        reduced_h, reduced_w = height // r, width // r
+        index = prefix + rows.view(-1, 1) * reduced_w + cols.view(1, -1)
+        covered = (rows < reduced_h).view(-1, 1) & (cols < reduced_w).view(1, -1)
+        return torch.where(covered, index, torch.full_like(index, -1))
+
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         """(B, L, C) tokens of an H x W map (after L - H*W prefix tokens) -> (B, L, C)."""
         self.check_input(x, size)

@@ -36,6 +36,8 @@ from torch import Tensor, nn
 from ..layers import check_choice, check_positive_int
 from ..layers.acmix import ACmix
 from ..layers.attention import GlobalSelfAttention2d, MultiheadSelfAttention
+from ..layers.san import PatchwiseSelfAttention
+from ..layers.sr_attention import SpatialReductionAttention
 from ..layers.window_attention import WindowAttention
 from . import figures
 from .select import WHATS, find_layers, resolve_layer
@@ -45,7 +47,11 @@ from .weights import (
     acmix_window_index,
     global_attention_weights,
     multihead_attention_weights,
+    san_attention_weights,
+    san_window_index,
     slot_assignments,
+    sr_attention_weights,
+    sr_key_index,
     swin_window_attention_weights,
 )
 
@@ -114,15 +120,20 @@ class AttentionMaps:
         paths: the PNG written.
         model: model name.
         block: layer path.
-        operator: what kind of attention (``"ACmix window 7x7"``, ``"Swin window 4x4, shift 2"``,
-            ``"global"``).
-        queries: (Q, 2) long, (row, col) of each query on the key map.
+        operator: what kind of attention (``"ACmix window 7x7"``, ``"SAN patchwise 7x7"``,
+            ``"Swin window 4x4, shift 2"``, ``"PVT spatial reduction 4x4, 16 keys"``, ``"global"``).
+        queries: (Q, 2) long, (row, col) of each query on the map.
         query_pixels: (Q, 2) float, (y, x) of each query cell's centre on the image.
-        rows: (B, heads, Q, K) the softmax rows as the layer computes them (sum to one over K, the
-            window or all keys).
-        maps: (B, heads, Q, h, w) the rows placed on the key map. Sums to one over (h, w) except
-            where a Swin window covers zero padding beyond the map (that mass is not drawn).
-        map_size: (h, w) of the key map.
+        rows: (B, heads, Q, K) the weight rows as the layer computes them: softmax rows summing to
+            one over K (the window, all keys, or PVT's reduced keys with its class token first),
+            except SAN's, whose "heads" are its channel groups and whose window weights have no
+            softmax (they may be negative).
+        maps: (B, heads, Q, h, w) the rows placed on the map of the layer's input (window slots
+            reading the same reflected pixel summed; a PVT key's weight spread evenly over the
+            pixels of its r x r patch). Sums to one over (h, w) except where a Swin window covers
+            zero padding beyond the map or a PVT query attends to the class token (that mass is
+            not drawn), and for SAN (no softmax).
+        map_size: (h, w) of the map.
         image: (C, H, W) input in [0, 1] as shown.
         caption: the figure's title.
     """
@@ -325,15 +336,15 @@ def _image_label(image: ImageInput, label: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _inputs_of(modules: dict[str, nn.Module]) -> Iterator[dict[str, Any]]:
-    """Record the first positional input of each module during the forward pass (pre-hooks)."""
-    seen: dict[str, Any] = {}
+def _inputs_of(modules: dict[str, nn.Module]) -> Iterator[dict[str, tuple[Any, ...]]]:
+    """Record the positional inputs (a tuple) of each module during the forward pass (pre-hooks)."""
+    seen: dict[str, tuple[Any, ...]] = {}
     handles = []
 
     def hook(name: str):
         def record(_module, args):
             if args and name not in seen:  # first call only: a module may be reused
-                seen[name] = args[0]
+                seen[name] = tuple(args)
 
         return record
 
@@ -359,8 +370,8 @@ def _evaluating(module: nn.Module) -> Iterator[None]:
 
 def _run(
     loaded: _Loaded, x: Tensor, watch: dict[str, nn.Module], required: Sequence[str]
-) -> dict[str, Any]:
-    """One forward pass of the model on ``x``; returns the inputs ``watch``'s modules received.
+) -> dict[str, tuple[Any, ...]]:
+    """One forward pass of the model on ``x``; returns the positional inputs of ``watch``'s modules.
 
     Modules in ``required`` must have been called (others, e.g. containers, may not be).
     """
@@ -482,7 +493,7 @@ def visualize_slots(
         handle.remove()
     if not captured:
         raise RuntimeError(f"{name}: its vis_proxy was not called (not a GLMix mixer?)")
-    height, width = seen[name].shape[-2:]
+    height, width = seen[name][0].shape[-2:]
     h, w = -(-height // layer.stride), -(-width // layer.stride)
     logits = captured[0].float().cpu()
     logits = logits.view(logits.shape[0], logits.shape[1], h, w)
@@ -563,9 +574,15 @@ def visualize_attention(
     """Where chosen query pixels attend in one layer, overlaid on the image (mean over heads).
 
     Supported layers: ACmix (the k_att x k_att window around each query; keys reflected at the
-    border as the module does), Swin / ACmix-Swin window attention (the query's (shifted) window),
-    ``GlobalSelfAttention2d`` and GLNet's full MHSA blocks (all pixels). The weights are recomputed
-    from the layer's parameters (:mod:`convattn.viz.weights`).
+    border as the module does), SAN / ACmix-SAN patchwise attention (the k x k window, likewise;
+    its weights have no softmax and are per channel group: the figure shows their mean over the
+    groups, on a signed colour scale when negative), Swin / ACmix-Swin window attention (the
+    query's (shifted) window), PVT / ACmix-PVT spatial-reduction attention (every reduced key's
+    weight spread over the r x r patch it summarises; pixels past the last whole patch, which no
+    key reads, get 0; in a stage with a class token its weight is left out of the map, as global
+    attention maps show pixels only), ``GlobalSelfAttention2d`` and GLNet's full MHSA blocks (all
+    pixels). The weights are recomputed from the layer's parameters through each operator's own
+    hook (:mod:`convattn.viz.weights`).
 
     Args:
         model: a registered name or an ``nn.Module`` (see the module docstring).
@@ -606,16 +623,28 @@ def visualize_attention(
     seen = _run(loaded, x, watch, [next(iter(watch))])
 
     cells, rows, maps = [], [], []
-    if isinstance(layer, ACmix):
-        inp = seen[name]
+    units = "heads"
+    weight_text = "attention weights of the query pixels (softmax over keys, mean over heads)"
+    if isinstance(layer, (ACmix, PatchwiseSelfAttention)):
+        inp = seen[name][0]
         h, w = inp.shape[-2:]
         s = layer.stride
         # On the CPU in float32 from here: small tensors, and the index tensors live there.
-        weights = acmix_attention_weights(layer, inp).float().cpu()  # (B, heads, k*k, H', W')
-        index = acmix_window_index(layer, h, w)
-        operator = f"ACmix window {layer.kernel_att}x{layer.kernel_att}" + (
-            f", stride {s}" if s > 1 else ""
-        )
+        if isinstance(layer, ACmix):
+            weights = acmix_attention_weights(layer, inp)  # (B, heads, k*k, H', W')
+            index = acmix_window_index(layer, h, w)
+            operator = f"ACmix window {layer.kernel_att}x{layer.kernel_att}"
+        else:
+            weights = san_attention_weights(layer, inp)  # (B, groups, k*k, H', W')
+            index = san_window_index(layer, h, w)
+            operator = f"SAN patchwise {layer.kernel_size}x{layer.kernel_size}"
+            units = "channel groups"
+            weight_text = (
+                "patchwise window weights of the query pixels (SAN: no softmax, may be "
+                "negative; mean over channel groups)"
+            )
+        weights = weights.float().cpu()
+        operator += f", stride {s}" if s > 1 else ""
         for p in points:
             gy, gx = _grid_cell(p, (ih, iw), (h, w))
             # Queries sit on the stride grid: take the nearest strided pixel.
@@ -625,10 +654,37 @@ def visualize_attention(
             cells.append((s * qy, s * qx))
             rows.append(row)
             maps.append(_scatter_rows(row, index[:, qy, qx], h * w).view(*row.shape[:2], h, w))
+    elif isinstance(layer, SpatialReductionAttention):
+        tokens, size = seen[name][0], seen[name][1]
+        h, w = int(size[0]), int(size[1])
+        _, _, prefix = layer.check_input(tokens, (h, w))
+        weights = sr_attention_weights(layer, tokens, (h, w)).float().cpu()  # (B, heads, L, m)
+        keys = sr_key_index(layer, h, w, prefix).flatten()  # (H*W,), -1: read by no key
+        covered = keys >= 0
+        # Each key's weight is spread evenly over the pixels it covers (its r x r patch).
+        share = torch.bincount(keys[covered], minlength=weights.shape[-1]).clamp(min=1)
+        spread = (covered.float() / share[keys.clamp(min=0)]).view(h, w)
+        r = layer.sr_ratio
+        operator = f"PVT spatial reduction {r}x{r}" if r > 1 else "PVT global (no reduction)"
+        operator += f", {weights.shape[-1] - prefix} keys"
+        if r > 1:
+            weight_text = (
+                "attention weights of the query pixels (softmax over the reduced keys, each "
+                f"key's weight spread over its {r}x{r} patch; mean over heads)"
+            )
+        if prefix:
+            operator += f" + {prefix} class token"
+            weight_text += "; the class token's weight is not drawn"
+        for p in points:
+            gy, gx = _grid_cell(p, (ih, iw), (h, w))
+            row = weights[:, :, prefix + gy * w + gx]  # (B, heads, m), class token first
+            cells.append((gy, gx))
+            rows.append(row)
+            maps.append(row[..., keys.clamp(min=0)].view(*row.shape[:2], h, w) * spread)
     elif isinstance(layer, WindowAttention):
         block_name = name.rpartition(".")[0]
         block_module = loaded.module.get_submodule(block_name)
-        win = swin_window_attention_weights(block_module, seen[block_name])
+        win = swin_window_attention_weights(block_module, seen[block_name][0])
         h, w = win.size
         ws, shift = win.window, win.shift
         operator = f"Swin window {ws}x{ws}" + (f", shift {shift}" if shift else "")
@@ -640,13 +696,14 @@ def visualize_attention(
             maps.append(on_map.float().cpu())
     else:
         if isinstance(layer, GlobalSelfAttention2d):
-            inp = seen[name]
+            inp = seen[name][0]
             weights = global_attention_weights(layer, inp).float().cpu()
             h, w = -(-inp.shape[-2] // layer.stride), -(-inp.shape[-1] // layer.stride)
         else:
-            tokens_in = seen[name]
+            tokens_in = seen[name][0]
             weights = multihead_attention_weights(layer, tokens_in).float().cpu()
-            shapes = [seen[a].shape for a in _ancestors(name) if isinstance(seen.get(a), Tensor)]
+            inputs = [seen[a][0] for a in _ancestors(name) if a in seen]
+            shapes = [t.shape for t in inputs if isinstance(t, Tensor)]
             h, w = _token_grid(tokens_in.shape[1], shapes, img)
         operator = "global"
         for p in points:
@@ -663,16 +720,18 @@ def visualize_attention(
     heads = rows_t.shape[1]
     caption = _caption(
         loaded,
-        f"{name} ({type(layer).__name__}: {operator}, {heads} heads, {h}x{w} map)",
+        f"{name} ({type(layer).__name__}: {operator}, {heads} {units}, {h}x{w} map)",
         f"input {_image_label(image, image_label)}, {ih}x{iw}",
-        "attention weights of the query pixels (softmax over keys, mean over heads)",
+        weight_text,
     )
+    shown = maps_t[0].mean(dim=0)
     path = figures.plot_attention(
         img,
-        maps_t[0].mean(dim=0),
+        shown,
         [tuple(c.tolist()) for c in centres],
         caption,
         Path(out) / _file_name(loaded.name, "attention", name),
+        signed=bool((shown < 0).any()),
     )
     return AttentionMaps(
         [path],
@@ -734,7 +793,7 @@ def visualize_kernels(
     name, layer = resolve_layer(loaded.module, "kernels", block, loaded.name)
     img, x = _prepare_image(image, loaded, img_size, mean, std)
     seen = _run(loaded, x, {name: layer}, [name])
-    static, dynamic = layer.kernel_magnitudes(seen[name])
+    static, dynamic = layer.kernel_magnitudes(seen[name][0])
     static, dynamic = static.float().cpu(), dynamic.float().cpu()
     h, w = dynamic.shape[-2:]
     form = "deploy form" if layer.deploy else "training form"
@@ -761,6 +820,9 @@ def visualize_rates(
     weights_label: str | None = None,
 ) -> RateBars:
     """ACmix's learned ``rate1`` (attention path) and ``rate2`` (convolution path) of every layer.
+
+    Every operator with ACmix's two rates counts: ACmix, ACmix-Swin window attention, ACmix-SAN
+    patchwise attention and ACmix-PVT spatial-reduction attention.
 
     A bar pair per ACmix layer, shallow to deep, with the attention share |rate1| / (|rate1| +
     |rate2|): how much each depth of the model relies on attention rather than convolution. No

@@ -206,6 +206,7 @@ def plot_attention(
     query_pixels: Sequence[tuple[float, float]],
     caption: str,
     path: str | Path,
+    signed: bool = False,
 ) -> Path:
     """Attention maps of several query pixels over the input.
 
@@ -215,6 +216,8 @@ def plot_attention(
         query_pixels: (y, x) image coordinates of each query's map cell centre.
         caption: the figure's title.
         path: the PNG to write.
+        signed: weights that may be negative (SAN's, which have no softmax): a diverging colour
+            scale symmetric about 0 instead of 0 to the maximum.
     """
     plt = _pyplot()
     size = tuple(image.shape[-2:])
@@ -233,12 +236,14 @@ def plot_attention(
     for i, (y, x) in enumerate(query_pixels):
         ax = axes[0, i + 1]
         heat = _upsample(maps[i], size)
-        top = max(float(heat.max()), 1e-12)
+        top = max(float(abs(heat).max() if signed else heat.max()), 1e-12)
+        bottom, cmap = (-top, "RdBu_r") if signed else (0, "inferno")
         ax.imshow(rgb * 0.6, interpolation="nearest")
-        ax.imshow(heat, cmap="inferno", vmin=0, vmax=top, alpha=0.7, interpolation="nearest")
+        ax.imshow(heat, cmap=cmap, vmin=bottom, vmax=top, alpha=0.7, interpolation="nearest")
         c = _HIGHLIGHTS[i % len(_HIGHLIGHTS)]
         ax.plot([x], [y], marker="o", ms=9, mfc="none", mec=c, mew=2)
-        ax.set_title(f"query {i + 1} at ({y:.0f}, {x:.0f}); max weight {top:.3f}", fontsize=8)
+        label = "max |weight|" if signed else "max weight"
+        ax.set_title(f"query {i + 1} at ({y:.0f}, {x:.0f}); {label} {top:.3f}", fontsize=8)
         _bare(ax)
     _caption(fig, caption, top=0.80)
     return _save(fig, path)

@@ -13,6 +13,8 @@ from torch import nn
 from ..layers.acmix import ACmix, ACmixWindowAttention
 from ..layers.attention import GlobalSelfAttention2d, MultiheadSelfAttention
 from ..layers.glmix import GLMix
+from ..layers.san import ACmixPatchwiseAttention, PatchwiseSelfAttention
+from ..layers.sr_attention import ACmixSpatialReductionAttention, SpatialReductionAttention
 from ..layers.window_attention import WindowAttention
 from ..layers.xvolution import XVolution
 from ..models.swin import SwinTransformerBlock
@@ -24,10 +26,21 @@ WHATS = ("slots", "attention", "kernels", "rates")
 # What each visualisation needs, as said in error messages.
 _NEEDS = {
     "slots": "GLMix blocks",
-    "attention": "attention layers (ACmix, Swin window attention, global self-attention)",
+    "attention": (
+        "attention layers (ACmix, Swin window attention, SAN patchwise attention, PVT "
+        "spatial-reduction attention, global self-attention)"
+    ),
     "kernels": "X-volution layers with the PSSA branch",
-    "rates": "ACmix layers (ACmix or ACmix-Swin window attention)",
+    "rates": "ACmix layers (ACmix, ACmix-Swin, ACmix-SAN or ACmix-PVT attention)",
 }
+
+# Operators with ACmix's learned rate1 / rate2.
+_WITH_RATES = (
+    ACmix,
+    ACmixWindowAttention,
+    ACmixPatchwiseAttention,
+    ACmixSpatialReductionAttention,
+)
 
 
 def _parent(model: nn.Module, name: str) -> nn.Module | None:
@@ -42,11 +55,12 @@ def _matches(model: nn.Module, name: str, module: nn.Module, what: str) -> bool:
     if what == "kernels":
         return isinstance(module, XVolution) and module.attention == "pssa"
     if what == "rates":
-        return isinstance(module, (ACmix, ACmixWindowAttention))
+        return isinstance(module, _WITH_RATES)
     # attention: the weights are rebuilt from the block around a window attention (norm, padding,
     # roll), so only window attention inside a Swin block qualifies; a GLMix block's slot MHSA
     # attends among slots, not pixels, and is shown by --what slots instead.
-    if isinstance(module, (ACmix, GlobalSelfAttention2d)):
+    attention = (ACmix, PatchwiseSelfAttention, SpatialReductionAttention, GlobalSelfAttention2d)
+    if isinstance(module, attention):
         return True
     if isinstance(module, WindowAttention):
         return isinstance(_parent(model, name), SwinTransformerBlock)

@@ -2,7 +2,9 @@
 
 Every function here takes a module and the input it received (captured with a forward pre-hook)
 and returns the softmax weights that module uses, through the hook the operator itself provides:
-``ACmix.attention(..., return_weights=True)``, ``SwinTransformerBlock.attention_weights``,
+``ACmix.attention(..., return_weights=True)``, ``PatchwiseSelfAttention.attention(...,
+return_weights=True)``, ``SpatialReductionAttention.attention_weights``,
+``SwinTransformerBlock.attention_weights``,
 ``GlobalSelfAttention2d.attention_weights`` and ``MultiheadSelfAttention.attention_weights``; GLMix
 passes its slot logits through ``vis_proxy``. Nothing here re-derives an operator's internals, and
 the modules' fast paths stay untouched (tests rebuild each module's output from these weights).
@@ -11,7 +13,11 @@ the modules' fast paths stay untouched (tests rebuild each module's output from 
   (softmax over pixels) weights. The logits themselves come from the mixer's ``vis_proxy`` hook.
 * :func:`acmix_attention_weights`: ACmix's sliding-window attention, with
   :func:`acmix_window_index` telling which input pixel each window slot reads (reflect padding).
+* :func:`san_attention_weights`: SAN's / ACmix-SAN's patchwise window weights (per channel group,
+  no softmax), with :func:`san_window_index` for the pixel each window slot reads.
 * :func:`swin_window_attention_weights`: (shifted) window attention of a Swin / ACmix-Swin block.
+* :func:`sr_attention_weights`: PVT's / ACmix-PVT's spatial-reduction attention over the reduced
+  keys, with :func:`sr_key_index` for the key that covers each pixel.
 * :func:`global_attention_weights` / :func:`multihead_attention_weights`: global self-attention
   over all pixels (``GlobalSelfAttention2d``) or tokens (``MultiheadSelfAttention``).
 """
@@ -24,6 +30,8 @@ from torch import Tensor
 from ..layers import check_choice
 from ..layers.acmix import ACmix
 from ..layers.attention import GlobalSelfAttention2d, MultiheadSelfAttention
+from ..layers.san import PatchwiseSelfAttention
+from ..layers.sr_attention import SpatialReductionAttention
 from ..models.swin import SwinTransformerBlock, SwinWindowWeights
 
 __all__ = [
@@ -33,7 +41,11 @@ __all__ = [
     "acmix_window_index",
     "global_attention_weights",
     "multihead_attention_weights",
+    "san_attention_weights",
+    "san_window_index",
     "slot_assignments",
+    "sr_attention_weights",
+    "sr_key_index",
     "swin_window_attention_weights",
 ]
 
@@ -94,6 +106,66 @@ def acmix_attention_weights(module: ACmix, x: Tensor) -> Tensor:
     """
     _, weights = module.attention(module.qkv(x), return_weights=True)
     return weights
+
+
+# --- SAN / ACmix-SAN (patchwise windows) -------------------------------------------------------
+@torch.no_grad()
+def san_attention_weights(module: PatchwiseSelfAttention, x: Tensor) -> Tensor:
+    """SAN's patchwise window weights, per channel group, query pixel and window slot.
+
+    Read from the operator's own attention (:meth:`~convattn.layers.san.PatchwiseSelfAttention.
+    attention` with ``return_weights=True``); an ``ACmixPatchwiseAttention`` computes its attention
+    path with the same call. Unlike ACmix's these weights have no softmax: they are the weight
+    MLP's outputs, used as they come, and may be negative.
+
+    Args:
+        module: a :class:`~convattn.layers.san.PatchwiseSelfAttention` (or its ACmix form).
+        x: (B, C_in, H, W), the module's input.
+
+    Returns:
+        (B, G, k*k, H', W'), G = ``module.groups`` channel groups, H' = ceil(H / stride).
+    """
+    _, weights = module.attention(module.qkv(x), return_weights=True)
+    return weights
+
+
+def san_window_index(module: PatchwiseSelfAttention, height: int, width: int) -> Tensor:
+    """Which input pixel every window slot of every query reads (``row * W + col``): (k*k, H', W').
+
+    The operator's own :meth:`~convattn.layers.san.PatchwiseSelfAttention.window_index`
+    (reflection at the border, repeated on maps smaller than the window).
+    """
+    return module.window_index(height, width)
+
+
+# --- PVT / ACmix-PVT (spatial reduction) ---------------------------------------------------------
+@torch.no_grad()
+def sr_attention_weights(
+    module: SpatialReductionAttention, tokens: Tensor, size: tuple[int, int]
+) -> Tensor:
+    """Softmax weights of PVT's spatial-reduction attention (the operator's ``attention_weights``).
+
+    Args:
+        module: a :class:`~convattn.layers.sr_attention.SpatialReductionAttention` (or its ACmix
+            form, whose attention path is the same).
+        tokens: (B, L, C), its input: ``L - H*W`` prefix tokens (PVT's class token), then the map.
+        size: (H, W) of the map.
+
+    Returns:
+        (B, heads, L, m): row i holds token i's weights over the m keys (prefix tokens first, then
+        the reduced map row-major); each row sums to one.
+    """
+    return module.attention_weights(tokens, size)
+
+
+def sr_key_index(
+    module: SpatialReductionAttention, height: int, width: int, prefix: int = 0
+) -> Tensor:
+    """The key (last index of :func:`sr_attention_weights`) covering each pixel: (H, W), -1 = none.
+
+    The operator's own :meth:`~convattn.layers.sr_attention.SpatialReductionAttention.key_index`.
+    """
+    return module.key_index(height, width, prefix)
 
 
 # --- Swin / ACmix-Swin windows ------------------------------------------------------------------

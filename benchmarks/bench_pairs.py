@@ -24,7 +24,7 @@ import torch
 
 from convattn.bench.machine import environment
 from convattn.bench.timing import interleaved_samples
-from convattn.models import create_model
+from convattn.models import create_model, is_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "models" / "ab_pairs"
 DEFAULT_PAIRS = ("acmix_san10:san10", "acmix_san15:san15", "acmix_san19:san19")
@@ -92,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error(f"--rounds must be at least 2, got {args.rounds}")
+    for flag, value in (("--batch-size", args.batch_size), ("--img-size", args.img_size),
+                        ("--threads", args.threads)):  # fmt: skip
+        if value < 1:
+            parser.error(f"{flag} must be a positive integer, got {value}")
+    unknown = [name for pair in args.pairs for name in pair if not is_model(name)]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; run 'convattn models' to list the names")
     torch.set_num_threads(args.threads)
     result = {
         "environment": environment(args.threads),

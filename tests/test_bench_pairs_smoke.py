@@ -33,3 +33,11 @@ def test_bad_pair_and_rounds_are_named(tmp_path):
     assert bad.returncode == 2 and "MIXED:BASE" in bad.stderr
     few = _run("--rounds", "1", "--out", str(tmp_path))
     assert few.returncode == 2 and "--rounds must be at least 2" in few.stderr
+
+
+def test_unknown_model_and_bad_sizes_are_named_before_any_work(tmp_path):
+    unknown = _run("--pairs", "acmix_san10:san_100", "--out", str(tmp_path))
+    assert unknown.returncode == 2 and "unknown model(s) ['san_100']" in unknown.stderr
+    zero = _run("--batch-size", "0", "--out", str(tmp_path))
+    assert zero.returncode == 2 and "--batch-size must be a positive integer" in zero.stderr
+    assert not (tmp_path / "results.json").exists()
